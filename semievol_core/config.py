@@ -1,0 +1,129 @@
+"""SemiEvolConfig: every knob of the method, with the paper's defaults, loadable from YAML.
+
+    cfg = SemiEvolConfig.from_yaml("run.yaml")       # or SemiEvolConfig(theta=0.3)
+    cfg.result_key("selection")                       # the fields that change selection's output
+
+Fields are split in two: those that change results (they go into cache keys) and execution-only
+settings (`ExecutionConfig`: batch sizes, threads, progress bars, server URLs) that never do, so a
+re-run with a bigger batch re-uses every cached step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .training import TrainConfig
+
+
+class Collaborator(BaseModel):
+    """One collaborator: which model answers, with how many retrieved demonstrations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: Literal["base", "warm"]
+    n_demos: int = Field(ge=0, le=16)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.n_demos}shot"
+
+
+class ExecutionConfig(BaseModel):
+    """How to run, not what to compute: never part of a cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    base_url: str | None = None  # OpenAI-compatible server (backend="openai")
+    api_key: str | None = None
+    served_model: str | None = None  # the server's name for the base model
+    batch_size: int = 16
+    token_budget: int = 16384
+    concurrency: int = 8
+    threads: int | None = None
+    shard_size: int = 128  # unlabeled questions per cached generation shard
+    progress: bool = True
+
+
+class SemiEvolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # --- models and data ---
+    model: str = "smollm2-135m-instruct"
+    embedder: str = "all-minilm-l6-v2"
+    answer_type: Literal["auto", "choice", "number", "text"] = "auto"
+    seed: int = 0
+    system_prompt: str | None = None
+
+    # --- 1. in-weight propagation (warm SFT) and 6. final fine-tune ---
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    final_training: Literal["union", "continue"] = "union"  # paper Eq. 9 | released code
+
+    # --- 2. in-context propagation ---
+    k_demos: int = Field(default=3, ge=0, le=16)
+
+    # --- 3. collaborative learning ---
+    n_collaborators: int = Field(default=4, ge=1, le=32)
+    collaborators: list[Collaborator] | None = None  # explicit list; else drawn with `seed`
+    temperature: float = Field(default=1.0, ge=0.0)
+    max_new_tokens: int = Field(default=48, ge=1)
+    # "generate": free text at `temperature`, H from its tokens (paper). "choice_logprobs": for
+    # choice tasks, each collaborator samples its answer from its option-letter distribution
+    # and H is -log p(answer letter) — one forward pass instead of a decode.
+    collaboration_mode: Literal["generate", "choice_logprobs"] = "generate"
+    knn_collaborator: bool = False  # add the k neighbours' majority label as one more vote
+
+    # --- 4. self-justification ---
+    justify_max_new_tokens: int = Field(default=48, ge=1)
+
+    # --- 5. adaptive selection ---
+    theta: float = Field(default=0.5, gt=0.0, le=1.0)  # keep H <= theta-quantile (paper Eq. 7)
+    selection_scope: Literal["all", "justified"] = "all"  # "justified": released code's variant
+    class_balance: bool = False  # apply the percentile within each answer class
+
+    # --- 7. evaluation ---
+    eval_mode: Literal["generate", "choice_logprobs"] = "generate"
+    eval_max_new_tokens: int = Field(default=32, ge=1)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SemiEvolConfig":
+        if self.collaborators is not None:
+            if not self.collaborators:
+                raise ValueError("collaborators: give at least one, or leave it unset")
+            too_many = [c.name for c in self.collaborators if c.n_demos > self.k_demos]
+            if too_many:
+                raise ValueError(f"collaborators {too_many} want more demonstrations than k_demos={self.k_demos}")
+        return self
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SemiEvolConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a mapping of field: value")
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    # ---- cache keys -----------------------------------------------------------------------------
+    def result_fields(self) -> dict:
+        """Everything that can change a result (execution settings removed)."""
+        return self.model_dump(mode="json", exclude={"execution"})
+
+    def result_key(self, *fields: str) -> str:
+        """A stable JSON string of the named result fields (all when none are named)."""
+        data = self.result_fields()
+        if fields:
+            data = {f: data[f] for f in fields}
+        return json.dumps(data, sort_keys=True)

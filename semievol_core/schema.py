@@ -1,0 +1,248 @@
+"""Table schemas, stable ids and row validation shared by the Parquet data layer (see data.py).
+
+    from semievol_core.schema import SCHEMAS, DataError, content_id
+    SCHEMAS["labeled"].names         # ['id', 'question', 'options', 'answer', 'metadata']
+    content_id("2+2?", ["3", "4"])   # '…16 hex chars…', stable across runs and machines
+    str(DataError("fpb/labeled.csv", 17, "answer", "'F' is not an option letter (4 options: A-D)"))
+
+Kinds: labeled and test (id, question, options, answer, metadata); unlabeled (no answer, ever);
+oracle (id, answer) holds true answers of unlabeled rows, only to score pseudo-labels afterwards;
+quarantine holds rows an import skipped, with the reason. `options` is a list of strings, or None
+for a free-form question. An answer to a multiple-choice question is an option letter (A = first).
+
+Row numbers in DataError are 1-based data rows as a user counts them: for CSV the first record
+after the header is row 1 (a quoted field spanning several lines still counts as one row), for
+JSONL the line number, for Parquet and DataFrames the position + 1. None means the whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import string
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+LETTERS = string.ascii_uppercase  # option letters; 26 options at most
+
+_ID = pa.field("id", pa.string(), nullable=False)
+_QUESTION = pa.field("question", pa.string(), nullable=False)
+_OPTIONS = pa.field("options", pa.list_(pa.string()), nullable=True)
+_ANSWER = pa.field("answer", pa.string(), nullable=False)
+_METADATA = pa.field("metadata", pa.string(), nullable=False)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "labeled": pa.schema([_ID, _QUESTION, _OPTIONS, _ANSWER, _METADATA]),
+    "unlabeled": pa.schema([_ID, _QUESTION, _OPTIONS, _METADATA]),
+    "test": pa.schema([_ID, _QUESTION, _OPTIONS, _ANSWER, _METADATA]),
+    "oracle": pa.schema([_ID, _ANSWER]),
+    "quarantine": pa.schema(
+        [
+            pa.field("source", pa.string()),
+            pa.field("row", pa.int64()),
+            pa.field("column", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("raw", pa.string()),  # the rejected record as a JSON object
+        ]
+    ),
+}
+KINDS = tuple(SCHEMAS)
+QUESTION_KINDS = ("labeled", "unlabeled", "test")
+
+# Extra columns of the paper's files that give the answer away (fpb `gt` is the answer's text,
+# mmlu_pro `cot_content` ends in "the answer is (X)"): never copied into unlabeled metadata.
+ANSWER_REVEALING = frozenset({"answer", "gt", "answer_index", "cot_content"})
+
+
+class DataError(ValueError):
+    """A data file breaks the rules. str() is one line: `<file> row <n>, column '<c>': <message>`."""
+
+    def __init__(self, path: str | Path, row: int | None, column: str | None, message: str):
+        self.path, self.row, self.column = str(path), row, column
+        self.message = " ".join(str(message).split("\n"))  # one line, whatever the input
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = short_path(self.path)
+        if self.row is not None:
+            where += f" row {self.row}"
+        if self.column is not None:
+            where += f", column {self.column!r}"
+        return f"{where}: {self.message}"
+
+    def __reduce__(self):  # keep all four fields when pickled (e.g. across worker processes)
+        return (DataError, (self.path, self.row, self.column, self.message))
+
+
+class FieldError(Exception):
+    """A bad value in one row; the reader turns it into a DataError with file and row."""
+
+    def __init__(self, column: str | None, message: str):
+        super().__init__(message)
+        self.column, self.message = column, message
+
+
+def short_path(path: str | Path) -> str:
+    """The last two path parts (`fpb/labeled.csv`): enough to say which file, short for a CLI."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if parts else str(path)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value quoted for an error message: repr (so newlines stay escaped), truncated."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def letters_text(n: int) -> str:
+    """'4 options: A-D' — the phrase used in answer errors."""
+    span = LETTERS[0] if n == 1 else f"{LETTERS[0]}-{LETTERS[n - 1]}"
+    return f"{n} option{'s' if n != 1 else ''}: {span}"
+
+
+def content_id(question: str, options: list[str] | None) -> str:
+    """Stable id from content: sha1(question + JSON of options), first 16 hex chars."""
+    blob = question + json.dumps(options, ensure_ascii=False)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN (pandas' empty cell) and pd.NA count as missing."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def jsonable(value: Any) -> Any:
+    """A value from CSV/JSONL/Parquet/pandas made JSON-serializable (numpy scalars, arrays, NaN)."""
+    if is_missing(value):
+        return None
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def parse_options(value: Any, column: str = "options") -> list[str] | None:
+    """Options from a JSON-string list or a real list; None/empty cell means free-form."""
+    if is_missing(value) or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise FieldError(column, f"options are not a JSON list of strings: {show(value)}")
+    elif hasattr(value, "tolist"):  # numpy array from a Parquet/pandas list column
+        value = value.tolist()
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise FieldError(column, f"options are not a JSON list of strings: {show(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise FieldError(column, f"option {i + 1} is not a string: {show(item)}")
+    if not value:
+        raise FieldError(column, "options list is empty (leave it empty/null for a free-form question)")
+    if len(value) > len(LETTERS):
+        raise FieldError(column, f"{len(value)} options; at most {len(LETTERS)} (A-Z)")
+    return value
+
+
+def check_answer(value: Any, options: list[str] | None, column: str = "answer",
+                 numbered: bool = False) -> tuple[str, bool]:
+    """(normalized answer, converted?) — a letter for multiple choice, any text if free-form.
+
+    numbered=True also accepts a 1-based option number ("2" -> "B"), a quirk of the paper's
+    arc files; off for users' files, where "2" could as well be 0-based.
+    """
+    if is_missing(value):
+        raise FieldError(column, "answer is missing")
+    text = value if isinstance(value, str) else str(jsonable(value))
+    if not text.strip():
+        raise FieldError(column, "answer is empty")
+    if options is None:
+        return text, False
+    letter = text.strip()
+    if letter in LETTERS[: len(options)]:
+        return letter, False
+    if numbered and letter.isdigit() and 1 <= int(letter) <= len(options):
+        return LETTERS[int(letter) - 1], True
+    raise FieldError(column, f"{show(text)} is not an option letter ({letters_text(len(options))})")
+
+
+def check_question(value: Any, column: str = "question") -> str:
+    if is_missing(value):
+        raise FieldError(column, "question is missing")
+    if not isinstance(value, str):
+        raise FieldError(column, f"question is not text: {show(value)}")
+    if not value.strip():
+        raise FieldError(column, "question is empty")
+    return value  # kept verbatim: its exact text is part of the content id
+
+
+def check_id(value: Any, column: str = "id") -> str:
+    if is_missing(value):
+        raise FieldError(column, "id is missing")
+    text = value if isinstance(value, str) else str(jsonable(value))
+    if not text.strip():
+        raise FieldError(column, "id is empty")
+    return text
+
+
+def check_metadata(value: Any, column: str = "metadata") -> str:
+    """Metadata as a JSON-object string; a dict is serialized, missing becomes '{}'."""
+    if is_missing(value):
+        return "{}"
+    if isinstance(value, Mapping):
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise FieldError(column, f"metadata is not a JSON object: {show(value)}")
+    return value
+
+
+def normalize_record(raw: Mapping[str, Any], columns: Mapping[str, str | None], *,
+                     answer: str, numbered: bool = False, options_required: bool = False,
+                     withhold: frozenset[str] = frozenset()) -> tuple[dict[str, Any], bool]:
+    """One source record -> (row dict for our tables, answer-was-converted flag).
+
+    `columns` maps our fields (id, question, options, answer) to source column names; a field
+    mapped to None is absent (no id column -> content hash; no options -> free-form).
+    `answer` is "required", "optional" (blank -> None) or "none" (not read). Every other source
+    column, except those in `withhold`, goes into the metadata JSON object.
+    """
+    question = check_question(raw.get(columns["question"]), columns["question"])
+    ocol = columns.get("options")
+    options = parse_options(raw.get(ocol), ocol) if ocol else None
+    if ocol and options_required and options is None:
+        raise FieldError(ocol, "options are missing")
+    row: dict[str, Any] = {}
+    icol = columns.get("id")
+    row["id"] = check_id(raw.get(icol), icol) if icol else content_id(question, options)
+    row["question"], row["options"] = question, options
+    converted = False
+    if answer != "none":
+        acol = columns.get("answer")
+        value = raw.get(acol) if acol else None
+        blank = is_missing(value) or (isinstance(value, str) and not value.strip())
+        if answer == "optional" and blank:
+            row["answer"] = None
+        else:
+            row["answer"], converted = check_answer(value, options, acol or "answer", numbered)
+    used = {c for c in columns.values() if c} | set(withhold)
+    extra = {k: jsonable(v) for k, v in raw.items() if k not in used}
+    row["metadata"] = json.dumps(extra, ensure_ascii=False)
+    return row, converted
