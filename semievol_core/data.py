@@ -4,7 +4,7 @@
     print(summary)                                   # counts, duplicates, quarantined, notes
     ds = load_dataset("data/arc")                    # ds.labeled, ds.unlabeled, ds.test, ds.oracle
     logs = read_records("logs.jsonl", {"question": "prompt", "options": "choices"}, "unlabeled")
-    append_part(logs, "data/arc/unlabeled", "unlabeled")   # -> data/arc/unlabeled/part-00001.parquet
+    append_part(logs, "data/arc/unlabeled", "unlabeled")   # -> .../unlabeled/part-00001.parquet
     table_fingerprint("data/arc/unlabeled")          # sha256 hex; changes iff the bytes change
 
 Layout of a dataset directory:
@@ -41,6 +41,8 @@ from semievol_core.schema import (
     SCHEMAS,
     DataError,
     FieldError,
+    Record,
+    RowCollector,
     check_answer,
     check_id,
     check_metadata,
@@ -87,7 +89,8 @@ def _to_arrow(df: pd.DataFrame, kind: str, path: str | Path) -> pa.Table:
             raise DataError(path, i, err.column, err.message) from None
         if "id" in row:
             if row["id"] in seen:
-                raise DataError(path, i, "id", f"duplicate id {row['id']!r} (also row {seen[row['id']]})")
+                first = seen[row["id"]]
+                raise DataError(path, i, "id", f"duplicate id {row['id']!r} (also row {first})")
             seen[row["id"]] = i
         for name in schema.names:
             out[name].append(row[name])
@@ -133,7 +136,9 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
 def _parts(path: Path) -> list[Path]:
     """The Parquet files making up a table: the file itself, or a directory's parts by name."""
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        # hidden names are temp files of writes in progress, not parts
+        parts = (p for p in path.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        return sorted(parts)
     if not path.exists():
         raise FileNotFoundError(f"no table at {path}")
     return [path]
@@ -142,6 +147,11 @@ def _parts(path: Path) -> list[Path]:
 def empty_frame(kind: str) -> pd.DataFrame:
     _check_kind(kind)
     return pd.DataFrame({name: pd.Series([], dtype=object) for name in SCHEMAS[kind].names})
+
+
+def _frame(rows: list[dict[str, Any]], names: Iterable[str]) -> pd.DataFrame:
+    names = list(names)
+    return pd.DataFrame(rows, columns=names) if rows else empty_frame("labeled")[names]
 
 
 def read_table(path: str | Path, kind: str) -> pd.DataFrame:
@@ -187,7 +197,8 @@ def append_part(df: pd.DataFrame, directory: str | Path, kind: str) -> Path:
         for part in existing:
             for old in pq.read_table(part, columns=["id"]).column("id").to_pylist():
                 if old in new_ids:
-                    raise DataError(directory, new_ids[old], "id", f"id {old!r} is already in {part.name}")
+                    raise DataError(directory, new_ids[old], "id",
+                                    f"id {old!r} is already in {part.name}")
     numbers = [int(m.group(1)) for p in existing if (m := _PART.match(p.name))]
     number = max(numbers, default=-1) + 1
     tmp = directory / f".part.{uuid.uuid4().hex}.tmp"
@@ -195,7 +206,8 @@ def append_part(df: pd.DataFrame, directory: str | Path, kind: str) -> Path:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        while True:  # link() never overwrites: a concurrent appender taking the name just bumps ours
+        # link() never overwrites: if a concurrent appender took the name, take the next one
+        while True:
             final = directory / f"part-{number:05d}.parquet"
             try:
                 os.link(tmp, final)
@@ -234,7 +246,8 @@ def load_dataset(data_dir: str | Path) -> Dataset:
     oracle = d / "oracle.parquet"
     return Dataset(
         labeled=read_table(d / "labeled.parquet", "labeled"),
-        unlabeled=read_table(unlabeled, "unlabeled") if unlabeled.exists() else empty_frame("unlabeled"),
+        unlabeled=(read_table(unlabeled, "unlabeled") if unlabeled.exists()
+                   else empty_frame("unlabeled")),
         test=read_table(d / "test.parquet", "test"),
         oracle=read_table(oracle, "oracle") if oracle.exists() else None,
         data_dir=str(d),
@@ -249,7 +262,8 @@ def split_oracle(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     def strip(meta: str) -> str:
         obj = json.loads(meta)
-        return json.dumps({k: v for k, v in obj.items() if k not in ANSWER_REVEALING}, ensure_ascii=False)
+        kept = {k: v for k, v in obj.items() if k not in ANSWER_REVEALING}
+        return json.dumps(kept, ensure_ascii=False)
 
     unlabeled = df[["id", "question", "options", "metadata"]].copy()
     unlabeled["metadata"] = [strip(m) for m in unlabeled["metadata"]]
@@ -271,12 +285,10 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs add
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise DataError(path, None, None,
-                        f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); re-save as UTF-8") from None
+        message = f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); re-save as UTF-8"
+        raise DataError(path, None, None, message) from None
 
 
-# A source record: (1-based row, raw dict, problem found while parsing it or None)
-Record = tuple[int, dict[str, Any], FieldError | None]
 
 
 def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
@@ -295,7 +307,8 @@ def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
             raw = dict(zip(header, fields))
             problem = None
             if len(fields) != len(header):
-                problem = FieldError(None, f"has {len(fields)} fields, the header has {len(header)}")
+                problem = FieldError(None, f"has {len(fields)} fields, "
+                                           f"the header has {len(header)}")
                 raw = {"fields": fields}
             records.append((len(records) + 1, raw, problem))
     except csv.Error as err:
@@ -344,63 +357,17 @@ _READERS: dict[str, Callable[[Path], tuple[list[str], list[Record]]]] = {
 def _source_records(path: Path) -> tuple[list[str], list[Record]]:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(path, None, None, f"unsupported file type {path.suffix!r} (expected .csv, .jsonl or .parquet)")
+        raise DataError(path, None, None, f"unsupported file type {path.suffix!r} "
+                        "(expected .csv, .jsonl or .parquet)")
     columns, records = reader(path)
     if not records:
         raise DataError(path, None, None, "no data rows")
     return columns, records
 
 
-class _Collector:
-    """Normalizes records, keeps one of identical duplicates, rejects conflicting ones."""
-
-    def __init__(self, path: Path, columns: Mapping[str, str | None], skip_bad_rows: bool):
-        self.path, self.columns, self.skip = path, columns, skip_bad_rows
-        self.rows: list[dict[str, Any]] = []
-        self.first: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (row, normalized row)
-        self.quarantine: list[dict[str, Any]] = []
-        self.duplicates = self.converted = 0
-
-    def add(self, rows: Iterable[Record], **normalize: Any) -> None:
-        for rowno, raw, problem in rows:
-            try:
-                if problem is not None:
-                    raise problem
-                row, converted = normalize_record(raw, self.columns, **normalize)
-                keep = self._keep(rowno, row)
-            except FieldError as err:
-                if not self.skip:
-                    raise DataError(self.path, rowno, err.column, err.message) from None
-                self.quarantine.append({"source": str(self.path), "row": rowno, "column": err.column,
-                                        "reason": err.message,
-                                        "raw": json.dumps(jsonable(raw), ensure_ascii=False)})
-                continue
-            if keep:
-                self.rows.append(row)
-                self.converted += converted
-
-    def _keep(self, rowno: int, row: dict[str, Any]) -> bool:
-        """False for an identical repeat of an earlier row; FieldError if the id clashes."""
-        prev = self.first.get(row["id"])
-        if prev is None:
-            self.first[row["id"]] = (rowno, row)
-            return True
-        if prev[1] == row:
-            self.duplicates += 1
-            return False
-        differs = next(f for f in ("question", "options", "answer", "metadata") if prev[1].get(f) != row.get(f))
-        column = self.columns.get(differs) if differs != "metadata" else None
-        raise FieldError(column, f"same id {row['id']!r} as row {prev[0]} but different {differs}")
-
-    def frame(self, names: Iterable[str]) -> pd.DataFrame:
-        if not self.rows:
-            return empty_frame("labeled")[list(names)]
-        return pd.DataFrame(self.rows, columns=list(names))
-
-
 def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kind: str = "labeled",
                  *, skip_bad_rows: bool = False) -> pd.DataFrame:
-    """Read a user's JSONL, CSV or Parquet file as a validated `kind` table (labeled/unlabeled/test).
+    """Read a user's JSONL, CSV or Parquet file as a validated labeled/unlabeled/test table.
 
     mapping: our field -> the file's column, e.g. {"question": "prompt", "options": "choices",
     "answer": "label", "id": "uid"}; unmapped fields default to the same name. No id column ->
@@ -422,14 +389,15 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kin
         src = mapping.get(name, name)
         present = src in header
         if name == "answer" and kind == "unlabeled" and present:
-            raise DataError(path, None, src, "unlabeled records must not carry answers; read the file "
-                            "as 'labeled' and split the answers off with split_oracle()")
-        if not present and (name in mapping or name == "question" or (name == "answer" and kind != "unlabeled")):
+            raise DataError(path, None, src, "unlabeled records must not carry answers; read "
+                            "the file as 'labeled' and split the answers off with split_oracle()")
+        required = name == "question" or (name == "answer" and kind != "unlabeled")
+        if not present and (required or name in mapping):
             raise DataError(path, None, src, "missing required column")
         columns[name] = src if present else None
-    collector = _Collector(path, columns, skip_bad_rows)
+    collector = RowCollector(path, columns, skip_bad_rows)
     collector.add(records, answer="none" if kind == "unlabeled" else "required")
-    df = collector.frame(SCHEMAS[kind].names)
+    df = _frame(collector.rows, SCHEMAS[kind].names)
     df.attrs["duplicates"] = collector.duplicates
     df.attrs["quarantine"] = collector.quarantine
     return df
@@ -471,6 +439,40 @@ def _publish(staging: Path, out: Path, overwrite: bool) -> None:
         os.replace(staging, out)  # rename(2) onto a missing or empty directory
 
 
+def _import_split(path: Path, split: str, skip_bad_rows: bool,
+                  summary: ImportSummary) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """One paper CSV -> (labeled-shaped frame, quarantined rows); notes go into `summary`."""
+    header, records = _source_records(path)
+    unl = split == "unlabeled"
+    for name in ("question", "options") + (() if unl else ("answer",)):
+        if name not in header:
+            raise DataError(path, None, name, "missing required column")
+    columns = {f: (f if f in header else None) for f in _FIELDS}
+    # mmlu_pro repeats some questions verbatim under different question_ids: its own id keeps
+    # them apart (a content hash would call them conflicting duplicates)
+    columns["id"] = next((c for c in _ID_COLUMNS if c in header), None)
+    collector = RowCollector(path, columns, skip_bad_rows)
+    collector.add(records, answer="optional" if unl else "required", numbered=True,
+                  options_required=True, withhold=ANSWER_REVEALING if unl else frozenset())
+    summary.rows_read[split] = len(records)
+    summary.duplicates += collector.duplicates
+    where = f"{path.parent.name}/{path.name}"
+    notes = []
+    if collector.duplicates:
+        notes.append(f"{collector.duplicates} identical duplicate row(s) dropped, first kept")
+    if collector.converted:
+        notes.append(f"{collector.converted} answer(s) given as 1-based option numbers "
+                     "converted to letters")
+    if columns["id"] not in (None, "id"):
+        notes.append(f"ids taken from column {columns['id']}")
+    hidden = sorted((ANSWER_REVEALING - {"answer"}) & set(header)) if unl else []
+    if hidden:
+        notes.append(f"answer-revealing column(s) {', '.join(hidden)} "
+                     "kept out of unlabeled metadata")
+    summary.notes += [f"{where}: {note}" for note in notes]
+    return _frame(collector.rows, SCHEMAS["labeled"].names), collector.quarantine
+
+
 def import_csv_dir(src_dir: str | Path, out_dir: str | Path, *, skip_bad_rows: bool = False,
                    overwrite: bool = False) -> ImportSummary:
     """Import the SemiEvol paper's labeled.csv / unlabeled.csv / test.csv into a dataset directory.
@@ -492,45 +494,19 @@ def import_csv_dir(src_dir: str | Path, out_dir: str | Path, *, skip_bad_rows: b
             summary.notes.append("no unlabeled.csv in the source: the unlabeled table is empty")
             frames[split] = empty_frame("labeled")
             continue
-        header, records = _csv_records(path)
-        if not records:
-            raise DataError(path, None, None, "no data rows (only a header)")
-        for name in ("question", "options") + (("answer",) if split != "unlabeled" else ()):
-            if name not in header:
-                raise DataError(path, None, name, "missing required column")
-        columns = {f: (f if f in header else None) for f in _FIELDS}
-        # mmlu_pro repeats some questions verbatim under different question_ids: its own id
-        # keeps them apart (a content hash would call them conflicting duplicates)
-        columns["id"] = next((c for c in _ID_COLUMNS if c in header), None)
-        collector = _Collector(path, columns, skip_bad_rows)
-        unl = split == "unlabeled"
-        collector.add(records, answer="optional" if unl else "required", numbered=True,
-                      options_required=True, withhold=ANSWER_REVEALING if unl else frozenset())
-        frames[split] = collector.frame(SCHEMAS["labeled"].names)
-        summary.rows_read[split] = len(records)
-        summary.duplicates += collector.duplicates
-        quarantine += collector.quarantine
-        where = f"{src.name}/{path.name}"
-        if collector.duplicates:
-            summary.notes.append(f"{where}: {collector.duplicates} identical duplicate row(s) dropped, first kept")
-        if collector.converted:
-            summary.notes.append(f"{where}: {collector.converted} answer(s) given as 1-based option "
-                                 "numbers converted to letters")
-        hidden = sorted((ANSWER_REVEALING - {"answer"}) & set(header)) if unl else []
-        if columns["id"] not in (None, "id"):
-            summary.notes.append(f"{where}: ids taken from column {columns['id']}")
-        if hidden:
-            summary.notes.append(f"{where}: answer-revealing column(s) {', '.join(hidden)} "
-                                 "kept out of unlabeled metadata")
+        frames[split], bad = _import_split(path, split, skip_bad_rows, summary)
+        quarantine += bad
     unlabeled, oracle = split_oracle(frames["unlabeled"])
     if len(oracle):
         summary.notes.append(f"unlabeled answers ({len(oracle)}) are in oracle.parquet: "
                              "use them only to score pseudo-labels")
     # same question in two splits (by content, whatever the ids): worth knowing, not an error
-    seen = {name: {content_id(q, o) for q, o in zip(f["question"], f["options"])} for name, f in frames.items()}
+    seen = {name: {content_id(q, o) for q, o in zip(f["question"], f["options"])}
+            for name, f in frames.items()}
     for a, b in (("labeled", "test"), ("unlabeled", "test"), ("labeled", "unlabeled")):
         if both := len(seen[a] & seen[b]):
-            summary.notes.append(f"{both} question(s) with the same text and options in both {a} and {b}")
+            summary.notes.append(f"{both} question(s) with the same text and options "
+                                 f"in both {a} and {b}")
     summary.quarantined = len(quarantine)
     if quarantine:
         summary.notes.append(f"{len(quarantine)} bad row(s) moved to quarantine.parquet")

@@ -1,4 +1,4 @@
-"""Table schemas, stable ids and row validation shared by the Parquet data layer (see data.py).
+"""Table schemas, stable ids and row validation for the Parquet data layer (see data.py).
 
     from semievol_core.schema import SCHEMAS, DataError, content_id
     SCHEMAS["labeled"].names         # ['id', 'question', 'options', 'answer', 'metadata']
@@ -11,8 +11,12 @@ quarantine holds rows an import skipped, with the reason. `options` is a list of
 for a free-form question. An answer to a multiple-choice question is an option letter (A = first).
 
 Row numbers in DataError are 1-based data rows as a user counts them: for CSV the first record
-after the header is row 1 (a quoted field spanning several lines still counts as one row), for
-JSONL the line number, for Parquet and DataFrames the position + 1. None means the whole file.
+after the header is row 1 (a quoted field spanning several lines still counts as one row; blank
+lines are skipped, not counted), for JSONL the line number, for Parquet and DataFrames the
+position + 1. None means the whole file (a missing column, an unreadable or empty file).
+
+normalize_record() turns one source record into a table row; RowCollector does that for a whole
+file, dropping identical duplicates (counted) and quarantining or raising on bad rows.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import math
 import string
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
@@ -58,7 +62,7 @@ ANSWER_REVEALING = frozenset({"answer", "gt", "answer_index", "cot_content"})
 
 
 class DataError(ValueError):
-    """A data file breaks the rules. str() is one line: `<file> row <n>, column '<c>': <message>`."""
+    """A data file breaks the rules; str() is one line: `<file> row <n>, column '<c>': <msg>`."""
 
     def __init__(self, path: str | Path, row: int | None, column: str | None, message: str):
         self.path, self.row, self.column = str(path), row, column
@@ -152,7 +156,7 @@ def parse_options(value: Any, column: str = "options") -> list[str] | None:
         if not isinstance(item, str):
             raise FieldError(column, f"option {i + 1} is not a string: {show(item)}")
     if not value:
-        raise FieldError(column, "options list is empty (leave it empty/null for a free-form question)")
+        raise FieldError(column, "options list is empty (use null for a free-form question)")
     if len(value) > len(LETTERS):
         raise FieldError(column, f"{len(value)} options; at most {len(LETTERS)} (A-Z)")
     return value
@@ -246,3 +250,53 @@ def normalize_record(raw: Mapping[str, Any], columns: Mapping[str, str | None], 
     extra = {k: jsonable(v) for k, v in raw.items() if k not in used}
     row["metadata"] = json.dumps(extra, ensure_ascii=False)
     return row, converted
+
+
+# A source record: (1-based row, raw dict, problem found while parsing it or None)
+Record = tuple[int, dict[str, Any], FieldError | None]
+
+
+class RowCollector:
+    """Normalizes a file's records into `rows`: keeps one of identical duplicates (counted),
+    rejects a repeated id with different content, and on a bad row raises DataError or, with
+    skip_bad_rows, lists it in `quarantine` (source, row, column, reason, raw)."""
+
+    def __init__(self, path: Path, columns: Mapping[str, str | None], skip_bad_rows: bool):
+        self.path, self.columns, self.skip = path, columns, skip_bad_rows
+        self.rows: list[dict[str, Any]] = []
+        self.first: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (row, normalized row)
+        self.quarantine: list[dict[str, Any]] = []
+        self.duplicates = self.converted = 0
+
+    def add(self, rows: Iterable[Record], **normalize: Any) -> None:
+        for rowno, raw, problem in rows:
+            try:
+                if problem is not None:
+                    raise problem
+                row, converted = normalize_record(raw, self.columns, **normalize)
+                keep = self._keep(rowno, row)
+            except FieldError as err:
+                if not self.skip:
+                    raise DataError(self.path, rowno, err.column, err.message) from None
+                self.quarantine.append({
+                    "source": str(self.path), "row": rowno, "column": err.column,
+                    "reason": err.message, "raw": json.dumps(jsonable(raw), ensure_ascii=False),
+                })
+                continue
+            if keep:
+                self.rows.append(row)
+                self.converted += converted
+
+    def _keep(self, rowno: int, row: dict[str, Any]) -> bool:
+        """False for an identical repeat of an earlier row; FieldError if the id clashes."""
+        prev = self.first.get(row["id"])
+        if prev is None:
+            self.first[row["id"]] = (rowno, row)
+            return True
+        if prev[1] == row:
+            self.duplicates += 1
+            return False
+        fields = ("question", "options", "answer", "metadata")
+        differs = next(f for f in fields if prev[1].get(f) != row.get(f))
+        column = self.columns.get(differs) if differs != "metadata" else None
+        raise FieldError(column, f"same id {row['id']!r} as row {prev[0]} but different {differs}")

@@ -54,3 +54,41 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# A small sentiment dataset we write ourselves (not the shared benchmark files): enough rows for
+# the method's mechanics on the tiny model, with an oracle for pseudo-label accuracy.
+_SUBJECTS = ["Sales", "Operating profit", "Net income", "Revenue", "Earnings", "Orders", "Margins", "Exports"]
+_VERBS = {"A": ["fell sharply", "dropped", "declined"], "B": ["was unchanged", "stayed flat", "held steady"],
+          "C": ["rose strongly", "increased", "grew"]}
+SENTIMENT_OPTIONS = ["negative", "neutral", "positive"]
+
+
+def sentiment_rows(n: int, offset: int = 0) -> list[dict]:
+    rows = []
+    for i in range(offset, offset + n):
+        label = "ABC"[i % 3]
+        subject = _SUBJECTS[i % len(_SUBJECTS)]
+        verb = _VERBS[label][(i // 3) % 3]
+        rows.append({"id": f"s{i:04d}",
+                     "question": f"What is the sentiment of: {subject} {verb} in quarter {i % 4 + 1} of {2000 + i}?",
+                     "options": SENTIMENT_OPTIONS, "answer": label, "metadata": "{}"})
+    return rows
+
+
+def write_sentiment_dataset(data_dir: Path, n_labeled=12, n_unlabeled=10, n_test=9) -> Path:
+    import pandas as pd
+
+    from semievol_core.data import split_oracle, write_table
+
+    write_table(pd.DataFrame(sentiment_rows(n_labeled)), data_dir / "labeled.parquet", "labeled")
+    unl, oracle = split_oracle(pd.DataFrame(sentiment_rows(n_unlabeled, offset=1000)))
+    write_table(unl, data_dir / "unlabeled" / "part-00000.parquet", "unlabeled")
+    write_table(oracle, data_dir / "oracle.parquet", "oracle")
+    write_table(pd.DataFrame(sentiment_rows(n_test, offset=2000)), data_dir / "test.parquet", "test")
+    return data_dir
+
+
+@pytest.fixture
+def sentiment_dataset(tmp_path) -> Path:
+    return write_sentiment_dataset(tmp_path / "data")

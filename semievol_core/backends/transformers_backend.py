@@ -56,7 +56,7 @@ class TransformersBackend(Backend):
         self.progress = progress
         self._model = None
         self._tokenizer = None
-        self._adapters: dict[str, str] = {}  # adapter path -> peft adapter name
+        self._adapters: dict[tuple, str] = {}  # (adapter path, file stamp) -> peft adapter name
 
     # ---- loading ---------------------------------------------------------------------------
     def _load(self):
@@ -117,7 +117,14 @@ class TransformersBackend(Backend):
                 return model.disable_adapter()
             return contextlib.nullcontext()
         path = os.path.abspath(adapter)
-        if path not in self._adapters:
+        # Key on the weights file's stamp too: an adapter re-trained into the same directory
+        # must be loaded afresh, not served stale from memory.
+        weights = os.path.join(path, "adapter_model.safetensors")
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"{path} is not a peft adapter directory (no adapter_model.safetensors)")
+        st = os.stat(weights)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in self._adapters:
             from peft import PeftModel
 
             name = f"a{len(self._adapters)}"
@@ -127,8 +134,8 @@ class TransformersBackend(Backend):
                 self._model = model
             else:
                 model.load_adapter(path, adapter_name=name)
-            self._adapters[path] = name
-        self._model.set_adapter(self._adapters[path])
+            self._adapters[key] = name
+        self._model.set_adapter(self._adapters[key])
         return contextlib.nullcontext()
 
     # ---- prompts -----------------------------------------------------------------------------

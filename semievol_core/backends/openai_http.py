@@ -1,0 +1,399 @@
+"""Backend over an OpenAI-compatible HTTP server (vLLM's `api_server`, llama.cpp's `llama-server`).
+
+    backend = OpenAIBackend("http://127.0.0.1:8000", model="smollm2",
+                            adapters={"/runs/r1/adapter": "r1"})   # served LoRA name per adapter
+    backend.wait_until_ready(timeout=300)
+    gens = backend.generate(chats, Sampling(n=4, temperature=1.0, max_tokens=48, seed=0))
+    lp = backend.choice_logprobs(chats, ["A", "B", "C"])        # (len(chats), 3) float32
+    backend.unload()                                            # closes connections only
+
+Requests go out over a shared httpx client from a thread pool of `concurrency` workers, each with
+`timeout` seconds. 429, 5xx, connection errors and timeouts are retried `max_retries` times with
+exponential backoff and jitter (honouring a Retry-After header); once retries run out they raise
+`TransientBackendError`, so a Prefect task can retry just those (`retry_condition_fn`). Any other
+4xx raises `BackendRequestError` at once, carrying the server's own message.
+
+`generate` uses /v1/chat/completions with `logprobs: true`: the returned logprob of each emitted
+token. vLLM's default `--logprobs-mode raw_logprobs` computes them from the raw logits, before
+temperature, top-p or penalties, which is what base.py asks for; a server started with a
+`processed_*` mode, or llama.cpp with `post_sampling_probs`, would break that. If the server
+returns fewer than `n` choices (a server that ignores `n`), the rest are asked for one by one with
+seeds seed+1, seed+2, ... (vLLM itself gives the i-th of n samples the seed seed+i).
+
+`choice_logprobs` uses /v1/completions, because no chat endpoint lets us append ANSWER_PREFIX after
+the generation prompt: the chat is rendered client-side with the model's chat template (local
+tokenizer: `tokenizer=` path, else `resolve_model(model)`), ANSWER_PREFIX appended, and the token
+ids are sent as the prompt (no BOS doubling, same ids as the transformers backend), with
+`max_tokens=1, temperature=0, logprobs=choice_top_k` (20 = vLLM's default `--max-logprobs`).
+The score of a letter is the logprob of its token after ANSWER_PREFIX (`letter_token_ids`: " A"
+for SmolLM2); a bare "A" is a different token and is not added in, so scores match the other
+backends. A letter missing from the top-k gets a floor: min(smallest returned logprob,
+log(1 - returned probability mass)). Both are upper bounds on its true logprob, so a missing
+letter never outranks a returned one, and it stays finite. Both vLLM's legacy completions format
+(`top_logprobs: [{token: logprob}]`) and llama.cpp's (`content: [{top_logprobs: [{id, ...}]}]`)
+are read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import httpx
+import numpy as np
+
+from semievol_core.backends.base import (
+    ANSWER_PREFIX,
+    Backend,
+    Chat,
+    Generation,
+    Sampling,
+    letter_token_ids,
+)
+
+# Statuses worth retrying: the server is overloaded or broken for a moment. Every other 4xx means
+# the request itself is wrong, and sending it again cannot help.
+_RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+
+
+class TransientBackendError(RuntimeError):
+    """The server could not be reached or kept failing with 429/5xx/timeouts after every retry.
+
+    Worth retrying later (e.g. a Prefect task retry); `status` is the last HTTP status, or None
+    for a connection error or timeout.
+    """
+
+    def __init__(self, message: str, status: int | None = None, attempts: int = 0):
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class BackendRequestError(RuntimeError):
+    """The server rejected the request (4xx other than 429) or answered in an unusable form."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The error text a server put in its body: OpenAI/vLLM/llama.cpp `{"error": {"message"}}`,
+    older vLLM `{"message"}`, else the raw body (truncated)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if body.get("message"):
+            return str(body["message"])
+    return response.text[:500]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:  # an HTTP date: rare from inference servers, fall back to our backoff
+        return None
+
+
+class OpenAIBackend(Backend):
+    """generate / choice_logprobs against an OpenAI-compatible server. See the module docstring."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 120,
+        max_retries: int = 5,
+        adapters: Mapping[str, str] | None = None,
+        tokenizer: str | Path | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        choice_top_k: int = 20,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        url = base_url.rstrip("/")
+        # Accept both "http://host:port" and "http://host:port/v1" (what OpenAI clients take).
+        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.model = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.adapters = dict(adapters or {})
+        self.tokenizer_path = tokenizer
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.choice_top_k = choice_top_k
+        self._client: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                limits = httpx.Limits(
+                    max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+                )
+                self._client = httpx.Client(
+                    headers=headers, timeout=httpx.Timeout(self.timeout), limits=limits
+                )
+            return self._client
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-backend")
+            return self._pool
+
+    def _backoff(self, attempt: int) -> float:
+        # "Equal jitter": half the exponential step is fixed, half random, so clients that failed
+        # together spread out but none retries at once.
+        step = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return step / 2 + self._rng.uniform(0, step / 2)
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One API call with retries; returns the decoded JSON body."""
+        url = f"{self.base_url}{path}"
+        last_error = ""
+        last_status: int | None = None
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            delay: float | None = None
+            try:
+                response = self._http().request(method, url, json=payload)
+            except httpx.TimeoutException as exc:  # before TransportError: it is a subclass
+                last_error, last_status = f"timed out after {self.timeout}s ({type(exc).__name__})", None
+            except httpx.TransportError as exc:
+                last_error, last_status = f"connection failed: {type(exc).__name__}: {exc}", None
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        # A 2xx with a cut-off body: a proxy or server dying mid-reply, transient.
+                        last_error, last_status = "invalid JSON in response", response.status_code
+                elif response.status_code in _RETRY_STATUSES:
+                    last_error = _server_message(response)
+                    last_status = response.status_code
+                    delay = _retry_after(response)
+                else:
+                    raise BackendRequestError(
+                        f"{method} {url} -> HTTP {response.status_code}: {_server_message(response)}",
+                        status=response.status_code,
+                    )
+            if attempt + 1 < attempts:
+                wait = self._backoff(attempt)
+                if delay is not None:  # the server said how long; still capped by backoff_max
+                    wait = min(max(wait, delay), max(self.backoff_max, wait))
+                time.sleep(wait)
+        status = f"HTTP {last_status}: " if last_status else ""
+        raise TransientBackendError(
+            f"{method} {url} failed after {attempts} attempts: {status}{last_error}",
+            status=last_status,
+            attempts=attempts,
+        )
+
+    def _served_name(self, adapter: str | None) -> str:
+        """The `model` field for a request: the base model, or the LoRA adapter's served name."""
+        if adapter is None:
+            return self.model
+        if adapter in self.adapters:
+            return self.adapters[adapter]
+        # Adapter maps are usually keyed by paths: match however the path was spelled.
+        resolved = str(Path(adapter).expanduser().resolve())
+        for key, served in self.adapters.items():
+            if str(Path(key).expanduser().resolve()) == resolved:
+                return served
+        return adapter  # already a served name (e.g. `--lora-modules r1=...` and adapter="r1")
+
+    def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1:  # no thread hop for the common single-chat call
+            return [fn(item) for item in items]
+        return list(self._executor().map(fn, items))
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def served_models(self) -> list[str]:
+        """Model names the server offers (base model and any LoRA modules)."""
+        body = self._request("GET", "/models")
+        return [entry["id"] for entry in body.get("data", [])]
+
+    def wait_until_ready(self, timeout: float = 300.0, poll: float = 1.0) -> None:
+        """Block until GET /v1/models answers (a server still starting refuses connections)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._http().get(f"{self.base_url}/models", timeout=min(5.0, self.timeout)).raise_for_status()
+                return
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if time.monotonic() > deadline:
+                    raise TransientBackendError(f"{self.base_url} not ready after {timeout}s: {exc}") from exc
+                time.sleep(poll)
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, adapter: str | None = None
+    ) -> list[list[Generation]]:
+        model = self._served_name(adapter)
+        return self._map(lambda chat: self._generate_one(chat, sampling, model), list(chats))
+
+    def _generate_one(self, chat: Chat, sampling: Sampling, model: str) -> list[Generation]:
+        gens = self._chat_request(chat, sampling, model, sampling.n, sampling.seed)
+        # Top-up for servers that ignore `n`; vLLM and recent llama.cpp return all n at once.
+        while len(gens) < sampling.n:
+            gens += self._chat_request(chat, sampling, model, 1, sampling.seed + len(gens))
+        return gens[: sampling.n]
+
+    def _chat_request(self, chat: Chat, sampling: Sampling, model: str, n: int, seed: int) -> list[Generation]:
+        payload: dict[str, Any] = {
+            "model": model,
+            "messages": list(chat),
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "seed": seed,
+            "logprobs": True,
+        }
+        if sampling.stop:
+            payload["stop"] = list(sampling.stop)
+        body = self._request("POST", "/chat/completions", payload)
+        choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
+        gens = []
+        for choice in choices:
+            content = (choice.get("logprobs") or {}).get("content")
+            if content is None:
+                raise BackendRequestError(
+                    f"server returned no logprobs for model {model!r}: it does not support `logprobs`"
+                )
+            text = (choice.get("message") or {}).get("content") or ""
+            finish = "length" if choice.get("finish_reason") == "length" else "stop"
+            gens.append(Generation(text, [float(t["logprob"]) for t in content], finish))
+        return gens
+
+    def _get_tokenizer(self):
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer  # lazy: heavy, and only scoring needs it
+
+                from semievol_core.models import resolve_model
+
+                source = self.tokenizer_path if self.tokenizer_path is not None else resolve_model(self.model)
+                try:
+                    self._tokenizer = AutoTokenizer.from_pretrained(str(source))
+                except (OSError, ValueError) as exc:
+                    raise BackendRequestError(
+                        f"choice_logprobs renders prompts client-side and needs the model's tokenizer; "
+                        f"could not load it from {str(source)!r} ({exc}). Pass tokenizer=<HF dir>."
+                    ) from exc
+            return self._tokenizer
+
+    def prompt_ids(self, chat: Chat) -> list[int]:
+        """Token ids of the chat (template + generation prompt) followed by ANSWER_PREFIX."""
+        tok = self._get_tokenizer()
+        text = tok.apply_chat_template(list(chat), tokenize=False, add_generation_prompt=True)
+        # The template already holds every special token it wants (BOS included): add none.
+        return tok(text + ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+
+    def choice_logprobs(
+        self, chats: Sequence[Chat], letters: Sequence[str], adapter: str | None = None
+    ) -> np.ndarray:
+        tok = self._get_tokenizer()
+        ids = letter_token_ids(tok, letters)
+        targets = [(tid, tok.decode([tid])) for tid in ids]
+        model = self._served_name(adapter)
+        rows = self._map(lambda chat: self._score_one(chat, targets, model), list(chats))
+        return np.asarray(rows, dtype=np.float32).reshape(len(chats), len(letters))
+
+    def _score_one(self, chat: Chat, targets: list[tuple[int, str]], model: str) -> list[float]:
+        payload = {
+            "model": model,
+            "prompt": self.prompt_ids(chat),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.choice_top_k,
+        }
+        body = self._request("POST", "/completions", payload)
+        try:
+            logprobs = body["choices"][0]["logprobs"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendRequestError(f"unexpected /completions response: {str(body)[:300]}") from exc
+        by_id, by_text = _first_position_top(logprobs)
+        if not by_id and not by_text:
+            raise BackendRequestError("server returned no top logprobs for /completions")
+        return _letter_scores(targets, by_id, by_text)
+
+    def unload(self) -> None:
+        """Close connections and threads; the server keeps its model. Reopened on next use."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            client, self._client = self._client, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if client is not None:
+            client.close()
+
+
+def _first_position_top(logprobs: Any) -> tuple[dict[int, float], dict[str, float]]:
+    """Top logprobs of the first generated token, keyed by token id (llama.cpp gives ids) and by
+    token text (vLLM's legacy completions format gives only text)."""
+    by_id: dict[int, float] = {}
+    by_text: dict[str, float] = {}
+    if not isinstance(logprobs, dict):
+        return by_id, by_text
+    if logprobs.get("top_logprobs"):  # vLLM / OpenAI legacy: [{token_text: logprob}, ...]
+        first = logprobs["top_logprobs"][0] or {}
+        by_text = {str(k): float(v) for k, v in first.items()}
+    elif logprobs.get("content"):  # llama.cpp (and chat-style): [{token, logprob, top_logprobs}]
+        first = logprobs["content"][0]
+        for entry in first.get("top_logprobs") or []:
+            by_text[str(entry["token"])] = float(entry["logprob"])
+            if "id" in entry:
+                by_id[int(entry["id"])] = float(entry["logprob"])
+    return by_id, by_text
+
+
+def _letter_scores(
+    targets: list[tuple[int, str]], by_id: dict[int, float], by_text: dict[str, float]
+) -> list[float]:
+    returned = list(by_id.values()) or list(by_text.values())
+    mass = sum(math.exp(v) for v in returned)
+    # Floor for letters outside the top-k (see module docstring): both terms bound the truth
+    # from above, and the 1e-12 keeps log finite when the top-k already holds ~all the mass.
+    floor = min(min(returned), math.log(max(1.0 - mass, 1e-12)))
+    scores = []
+    for tid, text in targets:
+        if tid in by_id:
+            scores.append(by_id[tid])
+        elif text in by_text:
+            scores.append(by_text[text])
+        else:
+            scores.append(floor)
+    return scores

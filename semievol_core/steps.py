@@ -1,0 +1,365 @@
+"""The method's steps at file level: read Parquet inputs, call the pure step, write Parquet outputs.
+
+Both runners call these: `pipeline.run_semievol` (plain Python, in order) and the Prefect tasks in
+`tasks/` (cached, retried, sharded). Each step writes its output atomically under the run
+directory and returns its path, so a step's result survives the process and is what a cache hit
+hands back.
+
+    ds_dir = prepare_data("data/fpb", "runs/1/data", limits=Limits(labeled=64), seed=0)
+    warm = train_adapter(cfg, [ds_dir / "labeled.parquet"], "runs/1/warm_adapter")
+    ...
+
+Run directory layout (`out/`):
+    data/{labeled,unlabeled,test}.parquet   the (possibly sampled) tables the run used
+    embeddings/{labeled,unlabeled,test}.npy
+    neighbors.parquet, test_neighbors.parquet
+    warm_adapter/, semievol_adapter/        peft LoRA adapters (+ loss_curve.json)
+    responses/shard-<key>.parquet           one file per generation shard (resumable)
+    responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet
+    predictions/<system>.parquet, report.json, report.md, config.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .answers import infer_answer_type
+from .backends import Backend, make_backend
+from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
+from .config import SemiEvolConfig
+from .data import read_table, write_table
+from .evaluation import metrics, predict
+from .justification import justify
+from .propagation import knn_label_vote, retrieve_neighbors
+from .prompts import Demo
+from .selection import select_pseudo_labels
+from .voting import vote
+
+CODE_VERSION = "1"  # bump when a step's output for the same inputs changes
+
+
+# ---------------------------------------------------------------------------- small file helpers
+def save_frame(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write any DataFrame to Parquet atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_frame(path: str | Path) -> pd.DataFrame:
+    table = pq.read_table(path)
+    # Plain Python lists in list columns (to_pandas would give numpy arrays).
+    return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+
+
+def save_json(obj, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def file_digest(*paths: str | Path) -> str:
+    """sha256 of files' bytes (a directory: its files, sorted by relative name)."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json"):
+                continue  # timings inside these differ between identical runs
+            h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- backends (one per process)
+_BACKENDS: dict[tuple, Backend] = {}
+
+
+def get_backend(cfg: SemiEvolConfig) -> Backend:
+    """The process's backend for this model: loaded once, adapters switched, never reloaded per step."""
+    ex = cfg.execution
+    if ex.backend == "transformers":
+        opts = dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,
+                    progress=ex.progress)
+    elif ex.backend == "openai":
+        if not ex.base_url:
+            raise ValueError("execution.backend 'openai' needs execution.base_url")
+        opts = dict(base_url=ex.base_url, api_key=ex.api_key, concurrency=ex.concurrency)
+    else:
+        opts = {}
+    model = (ex.served_model or cfg.model) if ex.backend == "openai" else cfg.model
+    key = (ex.backend, model, json.dumps(opts, sort_keys=True, default=str))
+    if key not in _BACKENDS:
+        _BACKENDS[key] = make_backend(ex.backend, model, **opts)
+    return _BACKENDS[key]
+
+
+def unload_backends() -> None:
+    for b in _BACKENDS.values():
+        b.unload()
+    _BACKENDS.clear()
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Limits:
+    """Seeded samples for quick runs (None = all rows)."""
+
+    labeled: int | None = None
+    unlabeled: int | None = None
+    test: int | None = None
+
+
+def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if n is None or n >= len(df):
+        return df.reset_index(drop=True)
+    return df.sample(n=n, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Limits(), seed: int = 0) -> Path:
+    """Copy (a seeded sample of) the dataset into the run: labeled, unlabeled, test, oracle."""
+    from .data import load_dataset
+
+    ds = load_dataset(data_dir)
+    out = Path(out_dir)
+    if len(ds.labeled) == 0:
+        raise ValueError(f"{data_dir}: the labeled table is empty; the method needs labeled examples")
+    write_table(_sample(ds.labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
+    write_table(_sample(ds.unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
+    write_table(_sample(ds.test, limits.test, seed), out / "test.parquet", "test")
+    if ds.oracle is not None:
+        write_table(ds.oracle, out / "oracle.parquet", "oracle")
+    elif (out / "oracle.parquet").exists():
+        (out / "oracle.parquet").unlink()
+    return out
+
+
+def answer_type_of(labeled: pd.DataFrame, cfg: SemiEvolConfig) -> str:
+    if cfg.answer_type != "auto":
+        return cfg.answer_type
+    kinds = {infer_answer_type(o, a) for o, a in zip(labeled["options"], labeled["answer"])}
+    if len(kinds) != 1:
+        raise ValueError(f"labeled answers mix types {sorted(kinds)}: set answer_type in the config")
+    return kinds.pop()
+
+
+# ---------------------------------------------------------------------------- 1 / 6. training
+def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]], out_dir: str | Path,
+                  init_adapter: str | Path | None = None, pseudo_labels: str | Path | None = None,
+                  unlabeled: str | Path | None = None) -> Path:
+    """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions)."""
+    from .training import train_lora
+
+    frames = [read_table(p, kind)[["question", "options", "answer"]] for p, kind in tables]
+    if pseudo_labels is not None:
+        pl = load_frame(pseudo_labels)
+        pl = pl[pl["selected"]]
+        qs = read_table(unlabeled, "unlabeled").set_index("id")
+        joined = qs.loc[pl["unlabeled_id"], ["question", "options"]].reset_index(drop=True)
+        joined["answer"] = pl["answer"].to_list()
+        frames.append(joined)
+    examples = pd.concat(frames, ignore_index=True)
+    if examples.empty:
+        raise ValueError("nothing to train on: no labeled rows and no selected pseudo-labels")
+    result = train_lora(cfg.model, examples, out_dir, cfg.train,
+                        init_adapter=str(init_adapter) if init_adapter else None,
+                        progress=cfg.execution.progress)
+    return Path(result.adapter_dir)
+
+
+# ---------------------------------------------------------------------------- 2. in-context propagation
+def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
+    from .embed import Embedder
+
+    df = read_table(table, kind)
+    vecs = Embedder(cfg.embedder, progress=cfg.execution.progress).embed(df["question"].tolist())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.npy")
+    np.save(tmp, vecs)
+    os.replace(tmp, out)
+    return out
+
+
+def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, query_vecs: str | Path,
+                   labeled: str | Path, labeled_vecs: str | Path, out: str | Path) -> Path:
+    q = read_table(queries, query_kind)
+    lab = read_table(labeled, "labeled")
+    nb = retrieve_neighbors(q["id"].tolist(), np.load(query_vecs), lab["id"].tolist(), np.load(labeled_vecs),
+                            k=cfg.k_demos, unlabeled_texts=q["question"].tolist(),
+                            labeled_texts=lab["question"].tolist())
+    return save_frame(nb, out)
+
+
+def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, list[Demo]]:
+    lab = labeled.set_index("id")
+    out: dict[str, list[Demo]] = {}
+    for uid, lid in zip(neighbors["unlabeled_id"], neighbors["labeled_id"]):  # sorted by rank
+        row = lab.loc[lid]
+        out.setdefault(uid, []).append(Demo(row["question"], row["options"], row["answer"]))
+    return out
+
+
+# ---------------------------------------------------------------------------- 3. collaboration
+def shard_plan(unlabeled: str | Path, shard_size: int) -> list[list[str]]:
+    """Question ids per generation shard, in table order: rows appended later (new parts) land in
+    new shards, so the shards of rows generated before keep their content and their cache keys."""
+    ids = read_table(unlabeled, "unlabeled")["id"].tolist()
+    return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
+
+
+def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.DataFrame,
+                   demos: dict[str, list[Demo]]) -> str:
+    """Everything a shard's responses depend on: its questions and demos, the warm adapter's
+    weights, the generation settings, the code version. Execution settings are left out."""
+    h = hashlib.sha256()
+    h.update(CODE_VERSION.encode())
+    h.update(cfg.result_key("model", "seed", "system_prompt", "k_demos", "n_collaborators",
+                            "collaborators", "temperature", "max_new_tokens", "collaboration_mode",
+                            "answer_type").encode())
+    h.update(file_digest(warm_adapter).encode())
+    for uid, q, o in zip(questions["id"], questions["question"], questions["options"]):
+        h.update(json.dumps([uid, q, o, [(d.question, d.options, d.answer) for d in demos.get(uid, [])]]).encode())
+    return h.hexdigest()
+
+
+def collaborators_of(cfg: SemiEvolConfig):
+    return cfg.collaborators or plan_collaborators(cfg.n_collaborators, cfg.k_demos, cfg.seed)
+
+
+def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+                   neighbors: str | Path, warm_adapter: str | Path, shard_dir: str | Path,
+                   answer_type: str) -> Path:
+    """Responses of every collaborator for one shard of questions, written as one file named by
+    its generation key: a shard already on disk is not generated again (resume after a crash)."""
+    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[list(ids)].reset_index()
+    demos = demos_by_id(load_frame(neighbors).query("unlabeled_id in @ids"), read_table(labeled, "labeled"))
+    key = generation_key(cfg, warm_adapter, qs, demos)
+    out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
+    if out.exists():
+        return out
+    responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
+                                   cfg, answer_type)
+    return save_frame(responses, out)
+
+
+def collect_responses(cfg: SemiEvolConfig, shard_files: Sequence[str | Path], labeled: str | Path,
+                      neighbors: str | Path, out: str | Path) -> Path:
+    """All shards in one table (+ the kNN label vote as a collaborator when configured)."""
+    frames = [load_frame(f) for f in shard_files]
+    if cfg.knn_collaborator:
+        lab = read_table(labeled, "labeled")
+        votes = knn_label_vote(load_frame(neighbors), dict(zip(lab["id"], lab["answer"])))
+        if len(votes):
+            frames.append(knn_responses(votes))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESPONSE_COLUMNS)
+    return save_frame(df, out)
+
+
+# ---------------------------------------------------------------------------- 4-5. vote, justify, select
+def vote_step(responses: str | Path, out: str | Path) -> Path:
+    return save_frame(vote(load_frame(responses)), out)
+
+
+def justify_step(cfg: SemiEvolConfig, votes: str | Path, responses: str | Path, unlabeled: str | Path,
+                 warm_adapter: str | Path, answer_type: str, out: str | Path) -> Path:
+    qs = read_table(unlabeled, "unlabeled")
+    df = justify(get_backend(cfg), load_frame(votes), load_frame(responses), qs, str(warm_adapter),
+                 cfg, answer_type)
+    return save_frame(df, out)
+
+
+def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,
+                out: str | Path) -> Path:
+    df = select_pseudo_labels(load_frame(votes), load_frame(justified), load_frame(responses),
+                              theta=cfg.theta, scope=cfg.selection_scope, class_balance=cfg.class_balance)
+    return save_frame(df, out)
+
+
+def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | None,
+                    answer_type: str) -> dict:
+    from .answers import answers_equal
+
+    pl, vt = load_frame(pseudo), load_frame(votes)
+    sel = pl[pl["selected"]]
+    stats = {
+        "n_unlabeled": int(len(vt)),
+        "n_consensus": int(vt["consensus"].sum()),
+        "n_justified": int((pl["source"] == "justified").sum()),
+        "n_selected": int(len(sel)),
+        "threshold": float(pl["threshold"].dropna().iloc[0]) if pl["threshold"].notna().any() else None,
+        "pseudo_label_accuracy": None,
+    }
+    if oracle is not None and Path(oracle).exists():
+        gold = dict(zip(*read_table(oracle, "oracle")[["id", "answer"]].T.values))
+        def acc(frame):
+            frame = frame[frame["unlabeled_id"].isin(gold.keys())]
+            if frame.empty:
+                return None
+            return float(np.mean([answers_equal(a, gold[u], answer_type)
+                                  for u, a in zip(frame["unlabeled_id"], frame["answer"])]))
+        stats["pseudo_label_accuracy"] = acc(sel)
+        stats["pseudo_label_accuracy_all"] = acc(pl)
+        stats["consensus_accuracy"] = acc(pl[pl["source"] == "consensus"])
+        stats["selected_class_counts"] = {str(k): int(v) for k, v in sel["answer"].value_counts().items()}
+    return stats
+
+
+# ---------------------------------------------------------------------------- 7. evaluation
+SYSTEMS = ("vanilla", "rag_knn", "knn_vote", "sft", "semievol")
+
+
+def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_type: str, out: str | Path,
+                    adapter: str | Path | None = None, labeled: str | Path | None = None,
+                    test_neighbors: str | Path | None = None) -> dict:
+    """Predictions on the test table written to `out`; returns the metrics."""
+    tst = read_table(test, "test")
+    if system in ("rag_knn", "knn_vote"):
+        if labeled is None or test_neighbors is None:
+            raise ValueError(f"system {system!r} needs the labeled table and the test neighbours")
+        nb, lab = load_frame(test_neighbors), read_table(labeled, "labeled")
+    if system == "knn_vote":
+        votes = knn_label_vote(nb, dict(zip(lab["id"], lab["answer"])))
+        by_id = dict(zip(votes["unlabeled_id"], votes["answer"]))
+        from .answers import answers_equal
+
+        answers = [by_id.get(i) for i in tst["id"]]
+        preds = pd.DataFrame({"id": tst["id"], "text": [f"Answer: {a}" for a in answers], "answer": answers,
+                              "parse_ok": [a is not None for a in answers], "gold": tst["answer"],
+                              "correct": [answers_equal(a, g, answer_type) for a, g in zip(answers, tst["answer"])]})
+    else:
+        demos = demos_by_id(nb, lab) if system == "rag_knn" else None
+        preds = predict(get_backend(cfg), tst, answer_type, adapter=str(adapter) if adapter else None,
+                        demos_by_id=demos, n_demos=cfg.k_demos if demos else 0, mode=cfg.eval_mode,
+                        max_new_tokens=cfg.eval_max_new_tokens, system=cfg.system_prompt)
+    save_frame(preds, out)
+    return metrics(preds, answer_type, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed)
+
+
+def compare(pred_a: str | Path, pred_b: str | Path) -> float:
+    """McNemar's exact p between two systems' predictions on the same test questions."""
+    from .stats import mcnemar_exact
+
+    a, b = load_frame(pred_a), load_frame(pred_b)
+    merged = a.merge(b, on="id", suffixes=("_a", "_b"))
+    return mcnemar_exact(merged["correct_a"].tolist(), merged["correct_b"].tolist())

@@ -1,0 +1,455 @@
+"""LoRA fine-tuning on `Answer: X` targets with transformers' Trainer (CPU or GPU).
+
+    import pandas as pd
+    from semievol_core.training import TrainConfig, train_lora
+
+    df = pd.DataFrame({"question": [...], "options": [["negative", "neutral", "positive"], ...],
+                       "answer": ["B", ...]})                    # letter, or option text, or free text
+    res = train_lora("smollm2-135m-instruct", df, "runs/x/warm_adapter", TrainConfig())
+    res.adapter_dir, res.best_val_loss, res.tokens_per_s
+    # train on from an existing adapter (its LoRA shape is kept):
+    res2 = train_lora("smollm2-135m-instruct", more_df, "runs/x/evol_adapter", TrainConfig(),
+                      init_adapter=res.adapter_dir)
+
+Each example is the model's own chat template: the prompt is `question_chat(...)` rendered with
+`add_generation_prompt=True` (exactly what the backends send at inference), the target is what the
+template writes for the assistant turn `Answer: X`, i.e. `Answer: X<|im_end|>` for SmolLM2 (derived by
+rendering `training_chat` and taking the suffix after the prompt). Loss covers the target only.
+
+The output directory holds a peft adapter (LoRA on every linear layer, no `modules_to_save`, so vLLM
+can serve it) plus `loss_curve.json` (per-step train loss, per-epoch validation loss) and
+`train_config.json`. It is written to a sibling temp dir and renamed into place; the Trainer's own
+output dir is a temp dir that is deleted, so no checkpoints or optimizer states are left anywhere.
+
+Defaults (lr 1e-3, 3 epochs, early stopping with patience 1 on a 10% validation slice) come from
+`bench/training_defaults.md` (SmolLM2-135M on FPB); the paper's 1e-4 x 2 epochs barely moves a 135M
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .prompts import LETTERS, question_chat, training_chat, training_target
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value the causal-LM loss skips (prompt and padding positions)
+REQUIRED_COLUMNS = ("question", "options", "answer")
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines the trained adapter (given model, data and seed).
+
+    Execution-only knobs (threads, dataloader workers, progress bar) are arguments of `train_lora`,
+    not fields here: they change speed, not the configuration (on CPU a different thread count can
+    change float summation order, i.e. results in the last bits).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # LoRA shape. Ignored when continuing from `init_adapter` (the adapter's own shape is kept).
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    # Optimisation. 1e-3 x 3 epochs: see bench/training_defaults.md.
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-3, ge=0)
+    batch_size: int = Field(8, ge=1)  # examples per device step
+    grad_accum: int = Field(1, ge=1)  # steps per optimizer update (effective batch = product)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # fraction of all optimizer steps
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(512, ge=8)  # tokens; longer prompts lose their start (warned)
+    seed: int = 0
+    # Validation slice of the labeled examples (0 disables validation and early stopping).
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    # Stop after this many epochs without a lower validation loss and keep the best epoch's adapter;
+    # None trains all `epochs` and keeps the last.
+    early_stopping_patience: int | None = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> "TrainConfig":
+        if self.early_stopping_patience is not None and self.val_fraction == 0:
+            raise ValueError("early_stopping_patience needs a validation slice (val_fraction > 0)")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    train_loss: float  # mean per-step train loss over the last epoch run
+    best_val_loss: float | None  # lowest per-epoch validation loss (None without validation)
+    epochs_run: int
+    train_tokens: int  # non-padding tokens fed forward+backward (examples x epochs run)
+    tokens_per_s: float  # train_tokens / training seconds (validation passes excluded)
+    wall_s: float  # whole call: loading, training, validation, saving
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def _options_of(value: Any) -> list[str] | None:
+    """Options as a list of strings: accepts lists/tuples/arrays, JSON list strings, None/NaN."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if not text.startswith("["):
+            raise ValueError(f"options must be a list or a JSON list string, got {value!r}")
+        value = json.loads(text)
+    items = [str(v) for v in list(value)]
+    return items or None
+
+
+def _answer_text(options: list[str] | None, answer: Any) -> str:
+    """The answer as written after `Answer: `: an option letter when there are options."""
+    if answer is None or (isinstance(answer, float) and math.isnan(answer)):
+        raise ValueError("missing answer")
+    text = str(answer).strip()
+    if not text:
+        raise ValueError("empty answer")
+    if not options:
+        return text
+    if len(text) == 1 and text.upper() in LETTERS[: len(options)]:
+        return text.upper()
+    # The option's text instead of its letter.
+    folded = [o.strip().casefold() for o in options]
+    if text.casefold() in folded:
+        return LETTERS[folded.index(text.casefold())]
+    raise ValueError(f"answer {text!r} is neither a letter A-{LETTERS[len(options) - 1]} nor an option")
+
+
+def assistant_target(tokenizer, question: str, options: Sequence[str] | None, answer: str) -> tuple[str, str]:
+    """(prompt, target) text: the target is the template's rendering of the assistant turn.
+
+    Trailing whitespace after the end-of-turn token is dropped: generation stops at that token, so
+    the model never writes what follows. A template that writes no end-of-turn marker gets the
+    tokenizer's EOS so the fine-tune learns to stop.
+    """
+    prompt = tokenizer.apply_chat_template(question_chat(question, options), add_generation_prompt=True,
+                                           tokenize=False)
+    full = tokenizer.apply_chat_template(training_chat(question, options, answer), tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full chat; "
+                         "cannot separate the target")
+    target = full[len(prompt):].rstrip()
+    body = training_target(answer)
+    if not target.startswith(body):
+        raise ValueError(f"the chat template rewrites the assistant turn: {target!r}")
+    if target == body and tokenizer.eos_token:
+        target += tokenizer.eos_token
+    return prompt, target
+
+
+def encode_example(tokenizer, question: str, options: Sequence[str] | None, answer: str,
+                   max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels (IGNORE_INDEX on the prompt) for one example.
+
+    Prompt and target are tokenized separately (the template already holds the special tokens), so
+    the prompt's tokens are exactly those the model sees at inference.
+    """
+    prompt, target = assistant_target(tokenizer, question, options, answer)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if len(t_ids) >= max_length:
+        raise ValueError(f"target of {len(t_ids)} tokens does not fit max_length={max_length}")
+    overflow = len(p_ids) + len(t_ids) - max_length
+    if overflow > 0:  # keep the end of the prompt: the question's options and the assistant header
+        p_ids = p_ids[overflow:]
+    return {"input_ids": p_ids + t_ids, "labels": [IGNORE_INDEX] * len(p_ids) + t_ids,
+            "truncated": overflow > 0}
+
+
+def encode_examples(tokenizer, examples, max_length: int) -> list[dict[str, list[int]]]:
+    """Validate the DataFrame and encode every row (row order kept)."""
+    check_examples(examples)
+    out = []
+    for i, row in enumerate(examples.itertuples(index=False)):
+        try:
+            options = _options_of(row.options)
+            answer = _answer_text(options, row.answer)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"example {i}: {e}") from e
+        out.append(encode_example(tokenizer, str(row.question), options, answer, max_length))
+    truncated = sum(e.pop("truncated") for e in out)
+    if truncated:
+        log.warning("%d of %d examples exceed max_length=%d: their prompts lost their start",
+                    truncated, len(out), max_length)
+    return out
+
+
+def check_examples(examples) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in getattr(examples, "columns", ())]
+    if missing:
+        raise ValueError(f"examples lack column(s) {missing}; need {list(REQUIRED_COLUMNS)}")
+    if len(examples) == 0:
+        raise ValueError("no training examples")
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices: a seeded shuffle, validation = round(n * fraction) rows,
+    at least 1 when the fraction is positive and at least 1 row is left to train on."""
+    if val_fraction <= 0:
+        return list(range(n)), []
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    if n_val <= 0:
+        raise ValueError(f"{n} example(s) cannot be split into training and validation")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+class PadCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]):
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---- Trainer callbacks -----------------------------------------------------------------------
+
+def _make_callbacks(progress: bool):
+    """Callback classes, built lazily so importing this module does not import transformers."""
+    from transformers.trainer_callback import ProgressCallback, TrainerCallback
+
+    class BestAndEarlyStop(TrainerCallback):
+        """Per-epoch validation loss, an in-memory copy of the best LoRA weights, early stopping,
+        and the time spent validating (subtracted from the throughput)."""
+
+        def __init__(self, model, patience: int | None) -> None:
+            self.model = model
+            self.patience = patience
+            self.val_curve: list[dict[str, float]] = []
+            self.best_loss: float | None = None
+            self.best_state: dict | None = None
+            self.bad_epochs = 0
+            self.eval_s = 0.0
+            self._epoch_end = None
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._epoch_end = time.perf_counter()  # validation runs right after this
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if self._epoch_end is not None:
+                self.eval_s += time.perf_counter() - self._epoch_end
+                self._epoch_end = None
+            loss = float(metrics["eval_loss"])
+            self.val_curve.append({"epoch": round(state.epoch or 0.0, 4), "val_loss": loss})
+            if self.best_loss is None or loss < self.best_loss:
+                self.best_loss = loss
+                self.bad_epochs = 0
+                if self.patience is not None:
+                    from peft import get_peft_model_state_dict
+
+                    self.best_state = {k: v.detach().clone()
+                                       for k, v in get_peft_model_state_dict(self.model).items()}
+            else:
+                self.bad_epochs += 1
+                if self.patience is not None and self.bad_epochs >= self.patience:
+                    control.should_training_stop = True
+
+    class QuietProgress(ProgressCallback):
+        """The Trainer's progress bar, with the loss in the bar instead of a printed line per step."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+    return BestAndEarlyStop, (QuietProgress if progress else None)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+def train_lora(
+    model: str,
+    examples,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    init_adapter: str | os.PathLike | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    dataloader_workers: int = 0,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter of `model` on `examples` and save it to `out_dir` (replaced if present).
+
+    `model`: a name or directory for `resolve_model`. `examples`: DataFrame with question, options
+    (list, JSON list string or None) and answer (letter, option text, or free text without options).
+    `init_adapter`: an adapter directory loaded as trainable and trained on (its LoRA shape wins over
+    cfg's). `progress`, `threads` (torch CPU threads; None leaves the setting alone) and
+    `dataloader_workers` only affect speed and display.
+    """
+    cfg = cfg or TrainConfig()
+    check_examples(examples)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+
+    import torch
+    import transformers
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .models import resolve_model
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        path = resolve_model(model)
+        tok = AutoTokenizer.from_pretrained(path)
+        encoded = encode_examples(tok, examples, cfg.max_length)
+        train_idx, val_idx = split_indices(len(encoded), cfg.val_fraction, cfg.seed)
+        train_set = [encoded[i] for i in train_idx]
+        val_set = [encoded[i] for i in val_idx]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+        use_cuda = torch.cuda.is_available()
+        # float32 weights; on GPU bf16 autocast (fast there), on CPU plain float32 (bf16 is emulated).
+        bf16 = use_cuda and torch.cuda.is_bf16_supported()
+        # Seed before the LoRA A matrices are initialised (B starts at zero).
+        transformers.set_seed(cfg.seed)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        base.config.use_cache = False  # no KV cache while training
+        if init_adapter is not None:
+            peft_model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+        else:
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+            peft_model = get_peft_model(base, lora)
+        if peft_model.peft_config["default"].modules_to_save:
+            raise ValueError("adapter has modules_to_save (full copies of layers): vLLM cannot serve it")
+
+        BestAndEarlyStop, progress_cls = _make_callbacks(progress)
+        tracker = BestAndEarlyStop(peft_model, cfg.early_stopping_patience)
+        with tempfile.TemporaryDirectory(prefix="semievol-trainer-") as scratch:
+            args = TrainingArguments(
+                output_dir=scratch,  # nothing is saved there (save_strategy "no"); deleted after
+                num_train_epochs=cfg.epochs,
+                per_device_train_batch_size=cfg.batch_size,
+                per_device_eval_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=cfg.grad_accum,
+                learning_rate=cfg.learning_rate,
+                lr_scheduler_type=cfg.lr_scheduler,
+                # transformers 5: a float in [0, 1) is a ratio of all optimizer steps.
+                warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio > 0 else 0,
+                weight_decay=cfg.weight_decay,
+                optim="adamw_torch",
+                logging_strategy="steps",
+                logging_steps=1,  # per-step loss for loss_curve.json
+                eval_strategy="epoch" if val_set else "no",
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=not progress,
+                seed=cfg.seed,
+                data_seed=cfg.seed,
+                dataloader_num_workers=dataloader_workers,
+                remove_unused_columns=False,  # our collator builds exactly the model's inputs
+                label_names=["labels"],
+                prediction_loss_only=True,
+                bf16=bf16,
+                use_cpu=not use_cuda,
+            )
+            trainer = Trainer(
+                model=peft_model, args=args, data_collator=PadCollator(pad_id),
+                train_dataset=train_set, eval_dataset=val_set or None, callbacks=[tracker],
+            )
+            # Replace the per-step printing the Trainer adds with a quiet bar (or nothing).
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            if progress_cls is not None:
+                trainer.add_callback(progress_cls())
+            t_train = time.perf_counter()
+            trainer.train()
+            train_s = time.perf_counter() - t_train - tracker.eval_s
+            history = list(trainer.state.log_history)
+            epochs_run = int(round(trainer.state.epoch or 0.0))
+
+        if tracker.best_state is not None:
+            set_peft_model_state_dict(peft_model, tracker.best_state)
+
+        steps = [{"step": h["step"], "epoch": round(h["epoch"], 4), "loss": float(h["loss"])}
+                 for h in history if "loss" in h and "step" in h]
+        last_epoch = [s["loss"] for s in steps if s["epoch"] > epochs_run - 1]
+        train_loss = float(np.mean(last_epoch)) if last_epoch else float("nan")
+        train_tokens = sum(len(e["input_ids"]) for e in train_set) * epochs_run
+        curve = {"train": steps, "val": tracker.val_curve,
+                 "best_epoch": (None if tracker.best_loss is None else
+                                next(v["epoch"] for v in tracker.val_curve
+                                     if v["val_loss"] == tracker.best_loss)),
+                 "kept": "best" if tracker.best_state is not None else "last"}
+        run = {
+            "train_config": cfg.model_dump(),
+            "model": str(model),
+            "init_adapter": None if init_adapter is None else str(init_adapter),
+            "n_train": len(train_set),
+            "n_val": len(val_set),
+            "epochs_run": epochs_run,
+            "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+        }
+        _save_atomically(peft_model, out_dir, {"loss_curve.json": curve, "train_config.json": run})
+    finally:
+        torch.set_num_threads(old_threads)
+
+    return TrainResult(
+        adapter_dir=out_dir,
+        train_loss=train_loss,
+        best_val_loss=tracker.best_loss,
+        epochs_run=epochs_run,
+        train_tokens=train_tokens,
+        tokens_per_s=train_tokens / train_s if train_s > 0 else float("nan"),
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _save_atomically(peft_model, out_dir: Path, json_files: dict[str, Any]) -> None:
+    """Write the adapter and JSON files to a sibling temp dir, then swap it in for `out_dir`.
+
+    A reader never sees a half-written adapter: `out_dir` is either the old complete one, absent
+    for an instant during the swap, or the new complete one.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-tmp-", dir=out_dir.parent))
+    try:
+        peft_model.save_pretrained(tmp)
+        for name, payload in json_files.items():
+            (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
