@@ -91,6 +91,12 @@ def generate_responses(
     return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
 
 
+def letter_reply(letters: Sequence[str], logprobs: Sequence[float], pick: int) -> str:
+    """The stored 'raw text' of an answer chosen from letter log-probs: the answer and the evidence."""
+    shown = ", ".join(f"{l}={v:.3f}" for l, v in zip(letters, logprobs))
+    return f"Answer: {letters[pick]}  [letter log-probs: {shown}]"
+
+
 def _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, seed) -> list[tuple]:
     """Sample each answer from the model's distribution over option letters (one forward pass).
 
@@ -115,8 +121,7 @@ def _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, s
             rng = np.random.default_rng(_stable_seed(seed, uid))
             for s in range(count):
                 pick = int(rng.choice(n, p=p)) if cfg.temperature > 0 else int(np.argmax(lp))
-                text = "Answer: " + letters[pick] + "  [letter log-probs: " + ", ".join(
-                    f"{l}={v:.3f}" for l, v in zip(letters, lp)) + "]"
+                text = letter_reply(letters, lp, pick)
                 rows.append((uid, collab.name, collab.model, collab.n_demos, s, text, letters[pick],
                              True, "letter_logprobs", 1, float(-lp[pick]), "stop"))
     return rows

@@ -5,15 +5,20 @@
 
 For each question without consensus the warm model reads the question, its options and every
 collaborator's reply (answer and reasoning) and answers once, greedily: this is a decision, not
-another sample. Questions with consensus are not asked again.
+another sample. Questions with consensus are not asked again. With collaboration_mode
+"choice_logprobs" on a choice task, the decision is the most likely option letter after the
+justification prompt, and H its NLL, just as the collaborators' answers were made.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from .answers import canonical_answer, parse_answer
+import numpy as np
+
+from .answers import LETTERS, canonical_answer, parse_answer
 from .backends.base import Backend, Sampling
+from .collaboration import letter_reply
 from .config import SemiEvolConfig
 from .prompts import Candidate, justification_chat
 
@@ -35,10 +40,25 @@ def justify(backend: Backend, votes: pd.DataFrame, responses: pd.DataFrame, ques
         cands = [Candidate(a if isinstance(a, str) else None, t) for a, t in zip(g["answer"], g["text"])]
         chats.append(justification_chat(q["question"], q["options"], cands, system=cfg.system_prompt))
         options.append(q["options"])
+    if cfg.collaboration_mode == "choice_logprobs" and answer_type == "choice":
+        return _justify_by_letters(backend, disputed, chats, options, warm_adapter)
     sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.justify_max_new_tokens, seed=cfg.seed)
     gens = backend.generate(chats, sampling, adapter=warm_adapter)
     rows = []
     for uid, opts, (g,) in zip(disputed, options, gens):
         parsed = parse_answer(g.text, answer_type, opts)
         rows.append((uid, g.text, canonical_answer(parsed, answer_type), parsed.ok, g.num_tokens, g.mean_nll))
+    return pd.DataFrame(rows, columns=JUSTIFIED_COLUMNS)
+
+
+def _justify_by_letters(backend, disputed, chats, options, warm_adapter) -> pd.DataFrame:
+    n_opts = np.array([len(o) for o in options])
+    rows = [None] * len(disputed)
+    for n in sorted(set(n_opts)):
+        idx = np.flatnonzero(n_opts == n)
+        lp = backend.choice_logprobs([chats[i] for i in idx], list(LETTERS[:n]), adapter=warm_adapter)
+        for row, i in enumerate(idx):
+            best = int(np.argmax(lp[row]))
+            text = letter_reply(LETTERS[:n], lp[row], best)
+            rows[i] = (disputed[i], text, LETTERS[best], True, 1, float(-lp[row, best]))
     return pd.DataFrame(rows, columns=JUSTIFIED_COLUMNS)

@@ -1,0 +1,411 @@
+"""Tests of OpenAIBackend: retry/backoff against a scripted local HTTP server, then against a real
+vLLM OpenAI server (from .venv-vllm) serving SmolLM2-135M and a random LoRA adapter.
+
+    pytest tests/test_backend_http.py                 # all (vLLM part skips without .venv-vllm)
+    pytest tests/test_backend_http.py -m "not vllm"   # the fast scripted-server part only
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from semievol_core.backends.base import ANSWER_PREFIX, Sampling, letter_token_ids
+from semievol_core.backends.openai_http import (
+    BackendRequestError,
+    OpenAIBackend,
+    TransientBackendError,
+)
+
+try:  # `tests` is a package only when the repo root is on sys.path (python -m pytest)
+    from tests.vllm_server import VLLMServer, make_random_lora, vllm_available
+except ImportError:  # plain `pytest` puts tests/ itself on sys.path
+    from vllm_server import VLLMServer, make_random_lora, vllm_available
+
+CHAT = [{"role": "user", "content": "Say hi."}]
+MCQ = [
+    {
+        "role": "user",
+        "content": "Question: What is 2 + 2?\nA) 3\nB) 4\nC) 5\nReply with the letter of the answer.",
+    }
+]
+
+
+# ---- a scripted OpenAI-ish server ----------------------------------------------------------
+
+
+def chat_body(n: int = 1, text: str = "hi", logprobs=(-0.5, -0.25), finish: str = "stop") -> dict:
+    content = [{"token": f"t{i}", "logprob": lp, "top_logprobs": []} for i, lp in enumerate(logprobs)]
+    return {
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": f"{text}{i}"},
+                "logprobs": {"content": content},
+                "finish_reason": finish,
+            }
+            for i in range(n)
+        ],
+    }
+
+
+class Step:
+    """One scripted reply: status, JSON body (or a function of the request payload), delay."""
+
+    def __init__(self, status: int = 200, body: Any = None, delay: float = 0.0, headers: dict | None = None):
+        self.status, self.body, self.delay, self.headers = status, body, delay, headers or {}
+
+
+class ScriptedServer:
+    """ThreadingHTTPServer on 127.0.0.1 replying with `steps` in order (the last one repeats)."""
+
+    def __init__(self, steps: list[Step]):
+        self.steps = list(steps)
+        self.requests: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.inflight = 0
+        self.max_inflight = 0
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep pytest output clean
+                pass
+
+            def _reply(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                with script.lock:
+                    script.requests.append((self.path, payload))
+                    step = script.steps.pop(0) if len(script.steps) > 1 else script.steps[0]
+                    script.inflight += 1
+                    script.max_inflight = max(script.max_inflight, script.inflight)
+                try:
+                    time.sleep(step.delay)
+                    body = step.body(payload) if callable(step.body) else step.body
+                    data = json.dumps(body if body is not None else {}).encode()
+                    self.send_response(step.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for key, value in step.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+                finally:
+                    with script.lock:
+                        script.inflight -= 1
+
+            do_GET = _reply
+            do_POST = _reply
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True  # handlers still sleeping on a timed-out request don't block close
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def fast_backend(url: str, **kwargs: Any) -> OpenAIBackend:
+    kwargs.setdefault("backoff_base", 0.01)
+    kwargs.setdefault("backoff_max", 0.05)
+    return OpenAIBackend(url, "m", **kwargs)
+
+
+def test_retries_429_and_5xx_then_succeeds():
+    steps = [Step(429, {"error": {"message": "slow down"}}), Step(503), Step(500), Step(200, chat_body(n=2))]
+    with ScriptedServer(steps) as srv, fast_backend(srv.url, max_retries=5) as backend:
+        gens = backend.generate([CHAT], Sampling(n=2, max_tokens=8, seed=3))
+    assert len(srv.requests) == 4
+    assert [g.text for g in gens[0]] == ["hi0", "hi1"]
+    assert gens[0][0].token_logprobs == [-0.5, -0.25]
+    assert gens[0][0].mean_nll == pytest.approx(0.375)
+
+
+def test_request_payload_and_adapter_mapping():
+    with ScriptedServer([Step(200, chat_body(n=3, finish="length"))]) as srv:
+        backend = fast_backend(srv.url, adapters={"/runs/r1/adapter": "r1"})
+        sampling = Sampling(n=3, temperature=0.7, top_p=0.9, max_tokens=5, seed=11, stop=("\n",))
+        gens = backend.generate([CHAT], sampling, adapter="/runs/r1/adapter")
+        backend.generate([CHAT], sampling, adapter="served-name")
+        backend.generate([CHAT], sampling)
+        backend.unload()
+    path, payload = srv.requests[0]
+    assert path == "/v1/chat/completions"
+    assert payload == {
+        "model": "r1", "messages": CHAT, "n": 3, "temperature": 0.7, "top_p": 0.9,
+        "max_tokens": 5, "seed": 11, "logprobs": True, "stop": ["\n"],
+    }
+    assert [p["model"] for _, p in srv.requests] == ["r1", "served-name", "m"]
+    assert all(g.finish_reason == "length" for g in gens[0])
+
+
+def test_tops_up_when_server_ignores_n():
+    with ScriptedServer([Step(200, chat_body(n=1))]) as srv:
+        gens = fast_backend(srv.url).generate([CHAT], Sampling(n=3, seed=5))
+    assert len(gens[0]) == 3
+    assert [p["seed"] for _, p in srv.requests] == [5, 6, 7]
+    assert [p["n"] for _, p in srv.requests] == [3, 1, 1]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_client_errors_fail_fast_with_server_message(status):
+    body = {"error": {"message": f"bad request number {status}", "type": "BadRequestError", "code": status}}
+    with ScriptedServer([Step(status, body)]) as srv:
+        with pytest.raises(BackendRequestError, match=f"bad request number {status}") as info:
+            fast_backend(srv.url, max_retries=5).generate([CHAT], Sampling())
+    assert info.value.status == status
+    assert len(srv.requests) == 1
+
+
+def test_5xx_exhausts_retries_into_transient_error():
+    with ScriptedServer([Step(503, {"message": "overloaded"})]) as srv:
+        with pytest.raises(TransientBackendError, match="overloaded") as info:
+            fast_backend(srv.url, max_retries=3).generate([CHAT], Sampling())
+    assert len(srv.requests) == 4
+    assert info.value.status == 503 and info.value.attempts == 4
+
+
+def test_timeouts_are_retried_then_raised_as_transient():
+    with ScriptedServer([Step(200, chat_body(), delay=1.0)]) as srv:
+        backend = fast_backend(srv.url, timeout=0.2, max_retries=2)
+        t0 = time.monotonic()
+        with pytest.raises(TransientBackendError, match="timed out") as info:
+            backend.generate([CHAT], Sampling())
+        elapsed = time.monotonic() - t0
+        # Wait for the handlers to have logged all three attempts.
+        deadline = time.monotonic() + 5
+        while len(srv.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(srv.requests) == 3
+    assert info.value.status is None
+    assert elapsed < 2.5  # 3 x 0.2 s timeouts + short backoffs, not 3 x 1 s
+
+
+def test_timeout_then_success():
+    steps = [Step(200, chat_body(), delay=1.0), Step(200, chat_body(text="ok"))]
+    with ScriptedServer(steps) as srv:
+        gens = fast_backend(srv.url, timeout=0.3, max_retries=2).generate([CHAT], Sampling())
+    assert gens[0][0].text == "ok0"
+
+
+def test_connection_refused_is_transient():
+    with ScriptedServer([Step()]) as srv:
+        url = srv.url
+    # The server is closed now: nothing listens on that port.
+    with pytest.raises(TransientBackendError, match="connection failed"):
+        fast_backend(url, max_retries=1).generate([CHAT], Sampling())
+
+
+def test_retry_after_header_is_honoured():
+    steps = [Step(429, {}, headers={"Retry-After": "0.3"}), Step(200, chat_body())]
+    with ScriptedServer(steps) as srv:
+        t0 = time.monotonic()
+        fast_backend(srv.url, backoff_max=1.0).generate([CHAT], Sampling())
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_concurrency_is_bounded_and_order_kept():
+    def body(payload: dict) -> dict:
+        return chat_body(text=payload["messages"][0]["content"])
+
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    with ScriptedServer([Step(200, body, delay=0.15)]) as srv:
+        gens = fast_backend(srv.url, concurrency=2).generate(chats, Sampling())
+    assert [g[0].text for g in gens] == [f"q{i}0" for i in range(6)]
+    assert srv.max_inflight == 2
+
+
+def test_missing_logprobs_is_an_error():
+    body = chat_body()
+    body["choices"][0]["logprobs"] = None
+    with ScriptedServer([Step(200, body)]) as srv:
+        with pytest.raises(BackendRequestError, match="no logprobs"):
+            fast_backend(srv.url).generate([CHAT], Sampling())
+
+
+# ---- choice_logprobs parsing (needs the SmolLM2 tokenizer, no model run) ----------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    from semievol_core.models import resolve_model
+
+    try:
+        return Path(resolve_model("smollm2-135m-instruct"))
+    except FileNotFoundError as exc:
+        pytest.skip(f"SmolLM2 not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _floor(returned: list[float]) -> float:
+    return min(min(returned), math.log(1 - sum(math.exp(v) for v in returned)))
+
+
+def test_choice_logprobs_vllm_format_with_floor(model_dir, tokenizer):
+    # vLLM's legacy completions format: top_logprobs = [{token_text: logprob}]; " C" is missing.
+    top = {" A": -0.5, " B": -1.5, "_": -3.0}
+    body = {"choices": [{"text": " A", "logprobs": {"tokens": [" A"], "token_logprobs": [-0.5], "top_logprobs": [top]}}]}
+    with ScriptedServer([Step(200, body)]) as srv:
+        backend = fast_backend(srv.url, tokenizer=str(model_dir))
+        lp = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"])
+    assert lp.shape == (2, 3) and lp.dtype == np.float32
+    expected = [-0.5, -1.5, _floor(list(top.values()))]
+    np.testing.assert_allclose(lp, [expected, expected], rtol=1e-6)
+    assert {path for path, _ in srv.requests} == {"/v1/completions"}
+    for _, payload in srv.requests:
+        assert payload["max_tokens"] == 1 and payload["logprobs"] == 20 and payload["temperature"] == 0.0
+    # The two chats go out concurrently, so compare prompts as a set.
+    want = []
+    for chat in (MCQ, CHAT):
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
+        want.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert sorted(p["prompt"] for _, p in srv.requests) == sorted(want)
+
+
+def test_choice_logprobs_llama_cpp_format(model_dir, tokenizer):
+    # llama.cpp: logprobs.content[0].top_logprobs = [{id, token, logprob}]; matched by token id.
+    a, b, c = letter_token_ids(tokenizer, ["A", "B", "C"])
+    tops = [{"id": a, "token": " A", "logprob": -2.0}, {"id": c, "token": " C", "logprob": -0.2},
+            {"id": 7, "token": "x", "logprob": -4.0}]
+    body = {"choices": [{"text": " C", "logprobs": {"content": [{"id": c, "token": " C", "logprob": -0.2, "top_logprobs": tops}]}}]}
+    with ScriptedServer([Step(200, body)]) as srv:
+        lp = fast_backend(srv.url, tokenizer=str(model_dir)).choice_logprobs([MCQ], ["A", "B", "C"])
+    np.testing.assert_allclose(lp[0], [-2.0, _floor([-2.0, -0.2, -4.0]), -0.2], rtol=1e-6)
+
+
+# ---- a real vLLM server ---------------------------------------------------------------------
+
+_VLLM_OK, _VLLM_WHY = vllm_available()
+needs_vllm = pytest.mark.skipif(not _VLLM_OK, reason=_VLLM_WHY or "vllm unavailable")
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_dir, tmp_path_factory):
+    """One vLLM server for this module: SmolLM2 as "smollm2" plus a random LoRA as "rand"."""
+    tmp = tmp_path_factory.mktemp("vllm")
+    lora_dir = make_random_lora(model_dir, tmp / "lora_rand", r=8)
+    server = VLLMServer(model_dir, "smollm2", lora_modules={"rand": lora_dir}, log_path=tmp / "vllm.log")
+    server.start()
+    server.lora_dir = lora_dir
+    print(f"vLLM server up in {server.startup_seconds:.1f}s")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(vllm_server, model_dir):
+    b = OpenAIBackend(
+        vllm_server.base_url, "smollm2", tokenizer=str(model_dir), concurrency=4, timeout=60,
+        adapters={str(vllm_server.lora_dir): "rand"},
+    )
+    yield b
+    b.unload()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_generate_n2_with_token_logprobs(backend):
+    sampling = Sampling(n=2, temperature=1.0, max_tokens=12, seed=7)
+    gens = backend.generate([CHAT, MCQ], sampling)
+    assert [len(g) for g in gens] == [2, 2]
+    for gen in (g for row in gens for g in row):
+        assert gen.num_tokens >= 1 and all(lp <= 0.0 for lp in gen.token_logprobs)
+        assert all(math.isfinite(lp) for lp in gen.token_logprobs)
+        if gen.finish_reason == "length":
+            assert gen.num_tokens == sampling.max_tokens  # one logprob per emitted token
+        else:
+            assert gen.num_tokens <= sampling.max_tokens
+    # The two samples of one prompt are different draws (vLLM seeds them seed+0, seed+1).
+    assert gens[0][0].token_logprobs != gens[0][1].token_logprobs
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_seeded_calls_reproduce(backend):
+    sampling = Sampling(n=2, temperature=1.0, max_tokens=12, seed=123)
+    first = backend.generate([CHAT], sampling)
+    second = backend.generate([CHAT], sampling)
+    other = backend.generate([CHAT], Sampling(n=2, temperature=1.0, max_tokens=12, seed=124))
+    assert [g.text for g in first[0]] == [g.text for g in second[0]]
+    for a, b in zip(first[0], second[0]):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
+    assert [g.text for g in first[0]] != [g.text for g in other[0]]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_choice_logprobs_match_transformers(backend, model_dir, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lp = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"])
+    assert lp.shape == (2, 3) and lp.dtype == np.float32
+    assert np.isfinite(lp).all() and (lp <= 0).all()
+
+    # The same numbers from transformers: raw log-softmax of the next-token logits.
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    ids = letter_token_ids(tokenizer, ["A", "B", "C"])
+    for row, chat in zip(lp, [MCQ, CHAT]):
+        prompt = torch.tensor([backend.prompt_ids(chat)])
+        with torch.no_grad():
+            ref = torch.log_softmax(model(prompt).logits[0, -1].float(), -1)
+        top20 = ref.topk(20).values[-1].item()
+        for got, tid in zip(row, ids):
+            want = ref[tid].item()
+            assert want <= got + 1e-3  # in the top-20 exact, else the floor (an upper bound)
+            if want >= top20 + 1e-3:
+                assert got == pytest.approx(want, abs=2e-3)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_lora_adapter_changes_distribution(backend, vllm_server):
+    assert "rand" in backend.served_models()
+    base = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"])
+    by_name = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"], adapter="rand")
+    by_path = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"], adapter=str(vllm_server.lora_dir))
+    np.testing.assert_allclose(by_name, by_path, atol=1e-4)
+    assert np.abs(by_name - base).max() > 0.05
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=8, seed=0)
+    with_lora = backend.generate([MCQ], greedy, adapter="rand")[0][0]
+    without = backend.generate([MCQ], greedy)[0][0]
+    assert with_lora.token_logprobs != without.token_logprobs
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_unknown_adapter_fails_fast(backend):
+    with pytest.raises(BackendRequestError, match="no-such-adapter") as info:
+        backend.generate([CHAT], Sampling(max_tokens=2), adapter="no-such-adapter")
+    assert info.value.status == 404

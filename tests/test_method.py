@@ -1,0 +1,211 @@
+"""The method's steps as pure functions: prompts, propagation, collaboration, vote, justify,
+selection, evaluation statistics, and the whole pipeline on the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semievol_core.backends.base import Sampling
+from semievol_core.backends.transformers_backend import TransformersBackend
+from semievol_core.collaboration import RESPONSE_COLUMNS, generate_responses, plan_collaborators
+from semievol_core.config import Collaborator, SemiEvolConfig
+from semievol_core.justification import justify
+from semievol_core.propagation import knn_label_vote, retrieve_neighbors
+from semievol_core.prompts import Candidate, Demo, format_question, justification_chat, question_chat, training_chat
+from semievol_core.selection import select_pseudo_labels
+from semievol_core.stats import bootstrap_ci, mcnemar_exact
+from semievol_core.voting import vote
+
+OPTS = ["negative", "neutral", "positive"]
+
+
+# ---------------------------------------------------------------- prompts
+def test_prompts_are_pure_and_carry_everything():
+    assert format_question(" Q? ", OPTS) == "Q?\nA. negative\nB. neutral\nC. positive"
+    demos = [Demo("Sales fell.", OPTS, "A"), Demo("Sales rose.", OPTS, "C")]
+    chat = question_chat("Profit flat.", OPTS, demos, system="sys")
+    assert chat[0] == {"role": "system", "content": "sys"}
+    body = chat[1]["content"]
+    assert body.index("Sales fell.") < body.index("Answer: A") < body.index("Sales rose.") < body.index("Profit flat.")
+    assert "(A-C)" in body
+    assert question_chat("Profit flat.", OPTS, demos) == question_chat("Profit flat.", OPTS, demos)
+    assert training_chat("Q", OPTS, "B")[-1] == {"role": "assistant", "content": "Answer: B"}
+    j = justification_chat("Q", OPTS, [Candidate("A", "x" * 1000 + " so Answer: A"), Candidate(None, "hmm")],
+                           max_chars=50)[0]["content"]
+    assert "Response 1 (answer A)" in j and "Response 2 (answer unclear)" in j and "so Answer: A" in j
+    assert "x" * 60 not in j  # long candidate text cut from the front
+    with pytest.raises(ValueError):
+        format_question("Q", [str(i) for i in range(11)])
+
+
+# ---------------------------------------------------------------- in-context propagation
+def test_retrieve_neighbors_is_exact_cosine_and_skips_duplicate_questions():
+    rng = np.random.default_rng(0)
+    lab = rng.normal(size=(20, 8)).astype(np.float32)
+    lab /= np.linalg.norm(lab, axis=1, keepdims=True)
+    unl = lab[[3, 7]] + 0.01 * rng.normal(size=(2, 8)).astype(np.float32)
+    unl /= np.linalg.norm(unl, axis=1, keepdims=True)
+    lab_ids = [f"l{i}" for i in range(20)]
+    nb = retrieve_neighbors(["u0", "u1"], unl, lab_ids, lab, k=3)
+    assert list(nb.columns) == ["unlabeled_id", "rank", "labeled_id", "score"]
+    assert nb.groupby("unlabeled_id").size().tolist() == [3, 3]
+    assert nb[nb["rank"] == 0]["labeled_id"].tolist() == ["l3", "l7"]
+    for uid, u in zip(["u0", "u1"], unl):  # the same order a brute-force cosine gives
+        brute = [lab_ids[i] for i in np.argsort(-(lab @ u))[:3]]
+        assert nb[nb["unlabeled_id"] == uid].sort_values("rank")["labeled_id"].tolist() == brute
+    texts = [f"q{i}" for i in range(20)]
+    nb2 = retrieve_neighbors(["u0"], unl[:1], lab_ids, lab, k=3, unlabeled_texts=["q3"], labeled_texts=texts)
+    assert "l3" not in nb2["labeled_id"].tolist() and len(nb2) == 3
+
+
+def test_knn_label_vote_majority_with_nearest_breaking_ties():
+    nb = pd.DataFrame({"unlabeled_id": ["u"] * 3 + ["v"] * 2, "rank": [0, 1, 2, 0, 1],
+                       "labeled_id": ["a", "b", "c", "a", "c"], "score": [0.9, 0.8, 0.7, 0.9, 0.8]})
+    votes = knn_label_vote(nb, {"a": "A", "b": "B", "c": "B"})
+    assert votes.set_index("unlabeled_id")["answer"].to_dict() == {"u": "B", "v": "A"}
+
+
+# ---------------------------------------------------------------- collaboration / vote / selection
+def test_plan_collaborators_is_seeded_and_distinct():
+    a = plan_collaborators(4, 3, seed=0)
+    assert a == plan_collaborators(4, 3, seed=0) and len(set(a)) == 4
+    assert all(c.n_demos <= 3 for c in a)
+    assert len(plan_collaborators(10, 3, seed=1)) == 10  # repeats once the 8 configurations run out
+    with pytest.raises(ValueError, match="more demonstrations"):
+        SemiEvolConfig(k_demos=1, collaborators=[Collaborator(model="warm", n_demos=2)])
+
+
+def _responses(table):
+    rows = []
+    for uid, answers_hs in table.items():
+        for i, (a, h) in enumerate(answers_hs):
+            rows.append((uid, f"c{i}", "warm", 0, 0, f"Answer: {a}", a, a is not None, "marker", 3, h, "stop"))
+    return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
+
+
+def test_vote_consensus_requires_every_reply_parsed_and_equal():
+    resp = _responses({"u1": [("A", 0.1), ("A", 0.3)], "u2": [("A", 0.1), ("B", 0.2)],
+                       "u3": [("C", 0.1), (None, 0.9)], "u4": [(None, 1.0), (None, 1.0)]})
+    v = vote(resp).set_index("unlabeled_id")
+    assert v["consensus"].to_dict() == {"u1": True, "u2": False, "u3": False, "u4": False}
+    assert v.loc["u1", "agreement"] == 1.0 and v.loc["u3", "majority"] == "C" and v.loc["u3", "agreement"] == 0.5
+    assert pd.isna(v.loc["u4", "majority"]) and v.loc["u2", "majority"] == "A"  # first in order wins a tie
+
+
+def test_selection_keeps_the_theta_quantile_of_H_and_never_unparsed():
+    resp = _responses({f"c{i}": [("A" if i % 2 else "B", 0.1 * i)] * 2 for i in range(6)})
+    votes = vote(resp)
+    justified = pd.DataFrame({"unlabeled_id": ["j1", "j2", "j3"], "text": ["", "", ""],
+                              "answer": ["A", None, "B"], "parse_ok": [True, False, True],
+                              "num_tokens": [3, 3, 3], "H": [0.05, 0.01, 2.0]})
+    sel = select_pseudo_labels(votes, justified, resp, theta=0.5).set_index("unlabeled_id")
+    valid_h = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.05, 2.0]
+    thr = np.quantile(valid_h, 0.5)
+    assert sel.loc["c0", "H"] == pytest.approx(0.0) and sel.loc["c3", "source"] == "consensus"
+    assert sel["threshold"].dropna().unique().tolist() == [pytest.approx(thr)]
+    assert set(sel.index[sel["selected"]]) == {"c0", "c1", "c2", "j1"}
+    assert not sel.loc["j2", "selected"]  # unparsable, even with the lowest H
+    everything = select_pseudo_labels(votes, justified, resp, theta=1.0)
+    assert everything["selected"].sum() == 8
+    # Released code's variant: all consensus kept, percentile over the justified only.
+    rel = select_pseudo_labels(votes, justified, resp, theta=0.5, scope="justified").set_index("unlabeled_id")
+    assert rel.loc[[f"c{i}" for i in range(6)], "selected"].all()
+    assert rel.loc["j1", "selected"] and not rel.loc["j3", "selected"]
+    # Class balance: each class keeps its own lower half.
+    bal = select_pseudo_labels(votes, justified.iloc[:0], resp, theta=0.5, class_balance=True)
+    kept = bal[bal["selected"]]["answer"].value_counts().to_dict()
+    assert kept == {"A": 2, "B": 2}
+    with pytest.raises(ValueError):
+        select_pseudo_labels(votes, justified, resp, theta=0)
+
+
+# ---------------------------------------------------------------- statistics
+def test_bootstrap_ci_and_mcnemar():
+    lo, hi = bootstrap_ci([True] * 70 + [False] * 30, samples=2000, seed=0)
+    assert lo < 0.7 < hi and 0.05 < hi - lo < 0.25
+    assert bootstrap_ci([True] * 10) == (1.0, 1.0)
+    # 10 discordant pairs all one way: p = 2 * 0.5^10
+    a = [True] * 10 + [True] * 5
+    b = [False] * 10 + [True] * 5
+    assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5**10)
+    assert mcnemar_exact(a, a) == 1.0
+    assert mcnemar_exact([True, False], [False, True]) == 1.0
+
+
+# ---------------------------------------------------------------- with a real (tiny) model
+def _questions(n):
+    return pd.DataFrame({"id": [f"u{i}" for i in range(n)],
+                         "question": [f"Sales changed by {i}%. Sentiment?" for i in range(n)],
+                         "options": [OPTS] * n})
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_model_dir):
+    be = TransformersBackend(str(tiny_model_dir), progress=False)
+    yield be
+    be.unload()
+
+
+@pytest.mark.parametrize("mode", ["generate", "choice_logprobs"])
+def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, mode):
+    cfg = SemiEvolConfig(max_new_tokens=6, collaboration_mode=mode, seed=3)
+    collabs = [Collaborator(model="base", n_demos=0), Collaborator(model="base", n_demos=2),
+               Collaborator(model="base", n_demos=2)]
+    demos = {f"u{i}": [Demo("Sales fell.", OPTS, "A"), Demo("Sales rose.", OPTS, "C")] for i in range(4)}
+    resp = generate_responses(tiny_backend, _questions(4), demos, collabs, None, cfg, "choice")
+    assert list(resp.columns) == RESPONSE_COLUMNS and len(resp) == 12
+    assert resp.groupby("unlabeled_id").size().eq(3).all()
+    assert sorted(resp["collaborator"].unique()) == ["base-0shot", "base-2shot"]
+    assert (resp[resp["collaborator"] == "base-2shot"]["sample"].sort_values().tolist() == [0] * 4 + [1] * 4)
+    assert (resp["H"] > 0).all() and resp["H"].notna().all()
+    if mode == "choice_logprobs":
+        assert resp["answer"].isin(["A", "B", "C"]).all()
+    again = generate_responses(tiny_backend, _questions(4), demos, collabs, None, cfg, "choice")
+    pd.testing.assert_frame_equal(resp, again)  # seeded
+    with pytest.raises(ValueError, match="warm adapter"):
+        generate_responses(tiny_backend, _questions(1), {}, [Collaborator(model="warm", n_demos=0)], None, cfg, "choice")
+
+
+def test_justify_asks_only_disputed_questions(tiny_backend):
+    qs = _questions(3)
+    resp = _responses({"u0": [("A", 0.1), ("A", 0.2)], "u1": [("A", 0.1), ("B", 0.2)], "u2": [("C", 0.3), (None, 0.2)]})
+    cfg = SemiEvolConfig(justify_max_new_tokens=5)
+    out = justify(tiny_backend, vote(resp), resp, qs, None, cfg, "choice")
+    assert out["unlabeled_id"].tolist() == ["u1", "u2"]
+    assert (out["num_tokens"] >= 0).all() and out["text"].map(len).gt(0).all()
+
+
+def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_path):
+    from semievol_core.pipeline import run_semievol
+    from semievol_core.steps import load_frame
+
+    cfg = SemiEvolConfig(model=str(tiny_model_dir), collaboration_mode="choice_logprobs", knn_collaborator=True,
+                         eval_mode="choice_logprobs", justify_max_new_tokens=6,
+                         train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None})
+    cfg.execution.progress = False
+    cfg.execution.shard_size = 4
+    out = tmp_path / "run"
+    report = run_semievol(sentiment_dataset, out, cfg)
+    assert set(report["systems"]) == {"vanilla", "rag_knn", "knn_vote", "sft", "semievol"}
+    for m in report["systems"].values():
+        assert 0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1 and m["n"] == 9
+    sel = report["selection"]
+    assert sel["n_unlabeled"] == 10 and sel["n_consensus"] + sel["n_justified"] == 10
+    assert 0 < sel["n_selected"] <= 10 and sel["pseudo_label_accuracy"] is not None
+    pl = load_frame(out / "pseudo_labels.parquet")
+    assert list(pl.columns) == ["unlabeled_id", "answer", "source", "H", "threshold", "selected"]
+    resp = load_frame(out / "responses.parquet")
+    assert len(resp) == 10 * (4 + 1)  # 4 collaborators + the kNN vote
+    assert len(list((out / "responses").glob("shard-*.parquet"))) == 3  # ceil(10 / 4)
+    for name in ("neighbors", "votes", "justified"):
+        assert (out / f"{name}.parquet").exists()
+    for adapter in ("warm_adapter", "semievol_adapter"):
+        assert (out / adapter / "adapter_model.safetensors").exists()
+    assert (out / "report.md").read_text().count("|") > 20
+    # knn_vote on this synthetic data is strong: neighbours share the verb that sets the label.
+    assert report["systems"]["knn_vote"]["accuracy"] >= 0.5
+    assert not math.isnan(report["mcnemar_p_semievol_vs_sft"])
