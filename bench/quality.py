@@ -1,0 +1,127 @@
+"""Quality benchmark: vanilla / RAG-kNN / kNN vote / SFT / SemiEvol test accuracy on the paper's splits.
+
+    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 600          # ~1 h on 2 CPU cores
+    .venv/bin/python bench/quality.py --dataset arc --unlabeled 600
+    .venv/bin/python bench/quality.py --dataset fpb --config bench/configs/quality.yaml --tag variant
+
+Runs the plain pipeline (semievol_core.pipeline) with SmolLM2-135M-Instruct on CPU, then merges
+its systems into bench/results/quality.json (records keyed by dataset + system) and rewrites
+bench/results/quality.md. Data comes from ../shared/datasets/semievol (never copied into the repo);
+the unlabeled split is subsampled with a fixed seed when --unlabeled is given, and the record says
+how many rows were used. Run directories go under bench/runs/ (git-ignored), so an interrupted
+run resumes from its generation shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared" / "datasets" / "semievol"
+RESULTS = HERE / "results"
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def merge_records(path: Path, new: list[dict], keys=("dataset", "system")) -> list[dict]:
+    old = json.loads(path.read_text())["records"] if path.exists() else []
+    replaced = {tuple(r[k] for k in keys) for r in new}
+    records = [r for r in old if tuple(r[k] for k in keys) not in replaced] + new
+    return sorted(records, key=lambda r: tuple(str(r[k]) for k in keys))
+
+
+def markdown(records: list[dict], notes: dict) -> str:
+    lines = ["# Quality: test accuracy (SmolLM2-135M-Instruct, CPU)", "",
+             "| dataset | system | accuracy % | 95% CI | n_test | n_labeled | n_unlabeled_used | wall s |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['dataset']} | {r['system']} | {100 * r['accuracy']:.1f} | "
+                     f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f} | {r['n_test']} | {r['n_labeled']} | "
+                     f"{r['n_unlabeled_used']} | {r['wall_s']:.0f} |")
+    lines.append("")
+    for ds, note in sorted(notes.items()):
+        lines.append(f"**{ds}**: {note}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=["fpb", "arc", "usmle", "mmlu_pro"])
+    ap.add_argument("--config", default=str(HERE / "configs" / "quality.yaml"))
+    ap.add_argument("--labeled", type=int, default=None)
+    ap.add_argument("--unlabeled", type=int, default=None)
+    ap.add_argument("--test", type=int, default=None)
+    ap.add_argument("--tag", default="", help="suffix for system names (ablations, variants)")
+    ap.add_argument("--systems", default="vanilla,rag_knn,knn_vote,sft,semievol")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from semievol_core.config import SemiEvolConfig
+    from semievol_core.data import import_csv_dir
+    from semievol_core.pipeline import run_semievol
+    from semievol_core.steps import Limits
+
+    cfg = SemiEvolConfig.from_yaml(args.config)
+    data_dir = HERE / "runs" / "data" / args.dataset
+    if not (data_dir / "labeled.parquet").exists():
+        import_csv_dir(SHARED / args.dataset, data_dir, overwrite=True)
+    run_dir = HERE / "runs" / f"{args.dataset}{'-' + args.tag if args.tag else ''}"
+    t0 = time.perf_counter()
+    report = run_semievol(data_dir, run_dir, cfg, Limits(args.labeled, args.unlabeled, args.test),
+                          systems=args.systems.split(","))
+    total = time.perf_counter() - t0
+    t = report["timings"]
+    n_lab = len(__import__("pandas").read_parquet(run_dir / "data" / "labeled.parquet"))
+    n_unl = report["selection"]["n_unlabeled"]
+    shared_cost = {"vanilla": 0.0, "rag_knn": t.get("embed", 0) + t.get("retrieve", 0),
+                   "knn_vote": t.get("embed", 0) + t.get("retrieve", 0), "sft": t.get("train_warm", 0)}
+    records = []
+    for system, m in report["systems"].items():
+        wall = t.get(f"evaluate_{system}", 0) + shared_cost.get(system, 0)
+        if system == "semievol":
+            wall = total - sum(v for k, v in t.items() if k.startswith("evaluate_") and k != "evaluate_semievol")
+        records.append({"dataset": args.dataset, "system": system + (f"_{args.tag}" if args.tag else ""),
+                        "accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+                        "n_test": m["n"], "n_labeled": n_lab,
+                        "n_unlabeled_used": n_unl if system == "semievol" else 0,
+                        "model": cfg.model, "wall_s": round(wall, 1)})
+    out = RESULTS / "quality.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    prev = json.loads(out.read_text()) if out.exists() else {}
+    notes = prev.get("notes", {})
+    sel = report["selection"]
+    notes[f"{args.dataset}{'-' + args.tag if args.tag else ''}"] = (
+        f"selection: {sel['n_selected']}/{sel['n_unlabeled']} pseudo-labels kept "
+        f"(consensus {sel['n_consensus']}, justified {sel['n_justified']}), selected accuracy "
+        f"{sel.get('pseudo_label_accuracy')}, all pseudo-labels {sel.get('pseudo_label_accuracy_all')}; "
+        f"McNemar p (semievol vs sft) = {report.get('mcnemar_p_semievol_vs_sft')}; timings {t}")
+    records = merge_records(out, records)
+    out.write_text(json.dumps({"machine": machine(), "records": records, "notes": notes,
+                               "configs": {**prev.get("configs", {}), args.dataset + args.tag: cfg.result_fields()}},
+                              indent=2))
+    (RESULTS / "quality.md").write_text(markdown(records, notes))
+    print(markdown([r for r in records if r["dataset"] == args.dataset], {}))
+    print(notes[f"{args.dataset}{'-' + args.tag if args.tag else ''}"])
+
+
+if __name__ == "__main__":
+    main()
