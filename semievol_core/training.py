@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
 
     # LoRA shape. Ignored when continuing from `init_adapter` (the adapter's own shape is kept).
     lora_r: int = Field(16, ge=1)
-    lora_alpha: float = Field(32, gt=0)
+    lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
     # Optimisation. 1e-3 x 3 epochs: see bench/training_defaults.md.

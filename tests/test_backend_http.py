@@ -270,7 +270,8 @@ def _floor(returned: list[float]) -> float:
 def test_choice_logprobs_vllm_format_with_floor(model_dir, tokenizer):
     # vLLM's legacy completions format: top_logprobs = [{token_text: logprob}]; " C" is missing.
     top = {" A": -0.5, " B": -1.5, "_": -3.0}
-    body = {"choices": [{"text": " A", "logprobs": {"tokens": [" A"], "token_logprobs": [-0.5], "top_logprobs": [top]}}]}
+    logprobs = {"tokens": [" A"], "token_logprobs": [-0.5], "top_logprobs": [top]}
+    body = {"choices": [{"text": " A", "logprobs": logprobs}]}
     with ScriptedServer([Step(200, body)]) as srv:
         backend = fast_backend(srv.url, tokenizer=str(model_dir))
         lp = backend.choice_logprobs([MCQ, CHAT], ["A", "B", "C"])
@@ -293,7 +294,8 @@ def test_choice_logprobs_llama_cpp_format(model_dir, tokenizer):
     a, b, c = letter_token_ids(tokenizer, ["A", "B", "C"])
     tops = [{"id": a, "token": " A", "logprob": -2.0}, {"id": c, "token": " C", "logprob": -0.2},
             {"id": 7, "token": "x", "logprob": -4.0}]
-    body = {"choices": [{"text": " C", "logprobs": {"content": [{"id": c, "token": " C", "logprob": -0.2, "top_logprobs": tops}]}}]}
+    first = {"id": c, "token": " C", "logprob": -0.2, "top_logprobs": tops}
+    body = {"choices": [{"text": " C", "logprobs": {"content": [first]}}]}
     with ScriptedServer([Step(200, body)]) as srv:
         lp = fast_backend(srv.url, tokenizer=str(model_dir)).choice_logprobs([MCQ], ["A", "B", "C"])
     np.testing.assert_allclose(lp[0], [-2.0, _floor([-2.0, -0.2, -4.0]), -0.2], rtol=1e-6)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 try:  # `tests` is a package only when the repo root is on sys.path (python -m pytest)
-    from tests.vllm_server import VLLM_PYTHON, REPO, make_random_lora, vllm_available, vllm_env
+    from tests.vllm_server import REPO, VLLM_PYTHON, make_random_lora, vllm_available, vllm_env
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from vllm_server import VLLM_PYTHON, REPO, make_random_lora, vllm_available, vllm_env
+    from vllm_server import REPO, VLLM_PYTHON, make_random_lora, vllm_available, vllm_env
 
 _VLLM_OK, _VLLM_WHY = vllm_available()
 

@@ -329,13 +329,16 @@ class OpenAIBackend(Backend):
         ids = letter_token_ids(tok, letters)
         targets = [(tid, tok.decode([tid])) for tid in ids]
         model = self._served_name(adapter)
-        rows = self._map(lambda chat: self._score_one(chat, targets, model), list(chats))
+        # Tokenize here, not in the worker threads: a HF fast tokenizer shared across threads can
+        # fail with "Already borrowed" (its __call__ mutates padding/truncation state).
+        prompts = [self.prompt_ids(chat) for chat in chats]
+        rows = self._map(lambda prompt: self._score_one(prompt, targets, model), prompts)
         return np.asarray(rows, dtype=np.float32).reshape(len(chats), len(letters))
 
-    def _score_one(self, chat: Chat, targets: list[tuple[int, str]], model: str) -> list[float]:
+    def _score_one(self, prompt: list[int], targets: list[tuple[int, str]], model: str) -> list[float]:
         payload = {
             "model": model,
-            "prompt": self.prompt_ids(chat),
+            "prompt": prompt,
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": self.choice_top_k,

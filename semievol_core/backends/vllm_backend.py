@@ -18,7 +18,7 @@ vLLM's default `logprobs_mode="raw_logprobs"` computes it from the raw logits, b
 top-p and penalties, as base.py asks; passing `logprobs_mode=` in llm_kwargs would change that.
 
 choice_logprobs: one token of greedy decoding after prompt + ANSWER_PREFIX. Where SamplingParams has
-`logprob_token_ids` (vLLM >= 0.3x) the letters' exact logprobs are requested; otherwise the top-20
+`logprob_token_ids` (vLLM 0.32 has it) the letters' exact logprobs are requested; otherwise the top-20
 are read and a letter outside them gets the same floor as in OpenAIBackend (min of the smallest
 returned logprob and log of the leftover mass).
 

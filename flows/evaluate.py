@@ -1,0 +1,69 @@
+"""The `evaluate` flow: accuracy (with a 95% CI) of one model, optionally with a LoRA adapter, on a test table.
+
+    from flows.evaluate import evaluate
+    res = evaluate("data/fpb", "runs/eval-1", adapter="runs/fpb/semievol_adapter", limit=200)
+    res["metrics"]["accuracy"], res["metrics"]["ci_low"], res["metrics"]["ci_high"]
+
+`test` is a test table (Parquet file) or a dataset directory (its test.parquet is used). `model`
+overrides config.model. Outputs in `out_dir`: data/test.parquet (the sample evaluated),
+predictions/<name>.parquet, metrics.json, report.md. Cached like every SemiEvol task: the same
+model, adapter bytes and test rows are not evaluated twice. Artifacts: `semievol-eval-accuracy`
+(table) and `semievol-eval-report` (markdown).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from semievol_core.config import SemiEvolConfig
+from semievol_core.report import systems_table
+from semievol_core.steps import save_json
+from tasks import method
+from tasks.common import ensure_gpu_limit
+
+from flows.common import StepRunner, publish_accuracy, publish_markdown
+
+
+@flow(name="evaluate", description="Accuracy of one model (+ adapter) on a test table.")
+def evaluate(test: str, out_dir: str, model: str | None = None, adapter: str | None = None,
+             config: SemiEvolConfig = SemiEvolConfig(), name: str = "model", limit: int | None = None) -> dict:
+    log = get_run_logger()
+    cfg = config if model is None else config.model_copy(update={"model": model})
+    test_path = Path(test)
+    if test_path.is_dir():
+        test_path = test_path / "test.parquet"
+    if not test_path.exists():
+        raise FileNotFoundError(f"{test_path}: no test table")
+    if adapter is not None and not Path(adapter).is_dir():
+        raise FileNotFoundError(f"{adapter}: adapter directory not found")
+    if name in ("rag_knn", "knn_vote"):
+        raise ValueError(f"name {name!r} is reserved for evolve's neighbour-based systems")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_gpu_limit(log)
+    run = StepRunner(out, log)
+
+    prep = run.run("prepare", method.prepare_test, cfg=cfg, test=str(test_path),
+                   out=str(out / "data" / "test.parquet"), limit=limit)
+    res = run.run("evaluate", method.evaluate, cfg=cfg, system=name, test=prep["path"],
+                  answer_type=prep["answer_type"], out=str(out / "predictions" / f"{name}.parquet"),
+                  adapter=str(Path(adapter).resolve()) if adapter else None)
+    metrics = res["metrics"]
+    summary = {"model": cfg.model, "adapter": adapter, "test": str(test_path), "n": prep["n"],
+               "answer_type": prep["answer_type"], "metrics": metrics, "predictions": res["path"],
+               "timings": run.timings}
+    save_json(summary, out / "metrics.json")
+    md = "\n".join([
+        f"# Evaluation — `{name}`", "", f"- model: `{cfg.model}`", f"- adapter: `{adapter or 'none'}`",
+        f"- test table: `{test_path}` ({prep['n']} questions, {prep['answer_type']})", "",
+        systems_table({name: metrics}), "",
+        f"Predictions: `{res['path']}`; metrics: `{out / 'metrics.json'}`", "",
+        "```yaml", cfg.to_yaml().rstrip(), "```", ""])
+    (out / "report.md").write_text(md, encoding="utf-8")
+    log.info("%s: accuracy %.3f (95%% CI %.3f-%.3f) on %d questions", name, metrics["accuracy"],
+             metrics["ci_low"], metrics["ci_high"], prep["n"])
+    publish_accuracy({name: metrics}, key="semievol-eval-accuracy", description=f"Accuracy — {out}")
+    publish_markdown(md, key="semievol-eval-report", description=f"Evaluation report — {out}")
+    return summary

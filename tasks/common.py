@@ -1,0 +1,230 @@
+"""What every SemiEvol task shares: the cache policy, retries for transient failures, the `gpu` slot.
+
+    from tasks.common import StepCache, RETRY, gpu_slot, record_execution
+
+    @task(cache_policy=StepCache(config_fields=("theta",), files=("votes",), outputs=("out",))
+          + TASK_SOURCE, **RETRY)
+    def my_step(cfg, votes, out): ...
+
+Cache keys (StepCache) are content addressed: input tables and adapters enter by the sha256 of
+their bytes (memoised per path, size and mtime, so hashing a big table once per run is the whole
+cost), the config by only the fields that change this step's output (`cfg.result_key(...)`;
+`cfg.execution` never enters), output locations by their resolved path, everything else by value,
+plus `semievol_core.steps.CODE_VERSION`. Compose with TASK_SOURCE so editing a task body also
+invalidates it.
+
+Retries: `RETRY` retries a task only when it failed with a `TransientBackendError` (the OpenAI
+backend raises it once its own per-request retries are spent), with exponential backoff. Bad data
+(DataError), bad configs and code errors fail at once: running them again cannot help.
+
+The `gpu` global concurrency limit: tasks that use the accelerator run inside `gpu_slot()`, so two
+runs on one machine queue for the device instead of fighting over its memory. Flows call
+`ensure_gpu_limit()` first, which creates the limit (default 1 slot, `SEMIEVOL_GPU_SLOTS`) if the
+server has none; without it Prefect's `concurrency()` logs a warning and does not limit at all.
+
+`record_execution(label)`: appends `label` to the file named by `SEMIEVOL_TASK_LOG` (if set) when a
+task body really runs, i.e. not on a cache hit. Tests count re-executions with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from prefect.cache_policies import CachePolicy
+from prefect.concurrency.sync import concurrency
+from prefect.tasks import exponential_backoff
+
+from semievol_core import steps
+from semievol_core.config import SemiEvolConfig
+
+GPU_LIMIT = "gpu"
+TASK_LOG_ENV = "SEMIEVOL_TASK_LOG"
+GPU_SLOTS_ENV = "SEMIEVOL_GPU_SLOTS"
+TRANSIENT_ERRORS = frozenset({"TransientBackendError"})
+
+
+# ------------------------------------------------------------------------------ content digests
+_DIGESTS: dict[tuple, str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple:
+    """What identifies a file's (or directory's) bytes without reading them."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        return (str(path.resolve()), "dir",
+                tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of a file's or directory's content (steps.file_digest), memoised per size+mtime."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input is missing")
+    stamp = _stamp(path)
+    with _DIGEST_LOCK:
+        hit = _DIGESTS.get(stamp)
+    if hit is None:
+        hit = steps.file_digest(path)
+        with _DIGEST_LOCK:
+            if len(_DIGESTS) > 4096:  # a long-lived worker: keep the memo bounded
+                _DIGESTS.clear()
+            _DIGESTS[stamp] = hit
+    return hit
+
+
+def output(path: str | Path, **extra: Any) -> dict:
+    """A task's return value: where its output is, the output's digest, and small extras.
+
+    The digest lets a flow notice a cached result whose file was since overwritten or deleted
+    (outputs live at fixed paths in the run directory, so a later run with another θ rewrites
+    pseudo_labels.parquet; going back to the old θ must not trust the old cache entry blindly)."""
+    return {"path": str(path), "digest": content_digest(path), **extra}
+
+
+def output_intact(result: Any) -> bool:
+    """True when a task result's output still holds the bytes the task produced."""
+    if not isinstance(result, dict) or "path" not in result:
+        return True
+    path = Path(result["path"])
+    return path.exists() and content_digest(path) == result.get("digest")
+
+
+# ------------------------------------------------------------------------------ cache policy
+def _plain(value: Any) -> Any:
+    """A JSON-able stand-in for a task input hashed by value."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class StepCache(CachePolicy):
+    """Cache key = content of input files + the config fields this step reads + plain inputs +
+    output locations + CODE_VERSION (see the module docstring).
+
+    config_fields: SemiEvolConfig fields that change this step's output (none: config ignored).
+    files: inputs that are paths of tables/arrays/adapters (a list of paths is fine; None skips).
+    outputs: inputs that say where to write; keyed by resolved path, not content.
+    derived: computes an extra key part from all inputs (e.g. a generation shard's own key).
+    skip: inputs left out of the key (because `derived` covers them).
+    """
+
+    config_fields: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    derived: Optional[Callable[[dict[str, Any]], str]] = None
+    skip: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
+        parts: dict[str, Any] = {"code_version": steps.CODE_VERSION,
+                                 "task": task_ctx.task.name if task_ctx else None}
+        for name, value in sorted((inputs or {}).items()):
+            if name in self.skip:
+                continue
+            if isinstance(value, SemiEvolConfig):
+                parts[name] = value.result_key(*self.config_fields) if self.config_fields else None
+            elif name in self.files:
+                if value is None:
+                    parts[name] = None
+                elif isinstance(value, (list, tuple)):
+                    parts[name] = [content_digest(v) for v in value]
+                else:
+                    parts[name] = content_digest(value)
+            elif name in self.outputs:
+                parts[name] = str(Path(value).resolve())
+            else:
+                parts[name] = _plain(value)
+        if self.derived is not None:
+            parts["derived"] = self.derived(inputs or {})
+        blob = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ retries
+def is_transient(exc: BaseException | None) -> bool:
+    """A TransientBackendError (matched by class name along the MRO, so this needs no import of
+    the backend), also when it is the cause of another exception."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if any(cls.__name__ in TRANSIENT_ERRORS for cls in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """retry_condition_fn: retry only transient backend failures; everything else fails fast.
+
+    Prefect calls this with a Failed state whose data is the exception (task_engine.can_retry)."""
+    data = state.data
+    if not isinstance(data, BaseException):
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception:  # an unreadable result: not something a retry fixes
+            return False
+    return isinstance(data, BaseException) and is_transient(data)
+
+
+# Backoff 10 s, 20 s, 40 s (+-50% jitter): long enough for a restarting inference server, short
+# enough that a nightly run is not held up for long.
+RETRY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+             retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
+
+
+# ------------------------------------------------------------------------------ the `gpu` slot
+def ensure_gpu_limit(logger) -> None:
+    """Create the `gpu` global concurrency limit if the server has none (ephemeral servers start
+    empty). An existing limit is left as the operator configured it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    slots = int(os.environ.get(GPU_SLOTS_ENV, "1"))
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            logger.debug("concurrency limit %r: %s slot(s), active=%s", GPU_LIMIT, limit.limit, limit.active)
+            return
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+            logger.info("created global concurrency limit %r with %d slot(s)", GPU_LIMIT, slots)
+        except ObjectAlreadyExists:  # another run created it between our read and create
+            pass
+
+
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one slot of the `gpu` limit. strict=False: if the limit is missing (a task called
+    outside our flows), Prefect logs a warning and runs unlimited rather than failing."""
+    # Leases are renewed in the background while we hold the slot, so long training is fine.
+    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+        yield
+
+
+# ------------------------------------------------------------------------------ execution log
+def record_execution(label: str) -> None:
+    """Note that a task body really ran (tests count these; a cache hit never gets here)."""
+    path = os.environ.get(TASK_LOG_ENV)
+    if path:
+        # O_APPEND writes of one short line are atomic, so concurrent tasks do not interleave.
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(label + "\n")
