@@ -26,9 +26,9 @@ from semievol_core.backends.openai_http import (
 )
 
 try:  # `tests` is a package only when the repo root is on sys.path (python -m pytest)
-    from tests.vllm_server import VLLMServer, make_random_lora, vllm_available
+    from tests.vllm_server import vllm_available
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from vllm_server import VLLMServer, make_random_lora, vllm_available
+    from vllm_server import vllm_available
 
 CHAT = [{"role": "user", "content": "Say hi."}]
 MCQ = [
@@ -305,19 +305,6 @@ def test_choice_logprobs_llama_cpp_format(model_dir, tokenizer):
 
 _VLLM_OK, _VLLM_WHY = vllm_available()
 needs_vllm = pytest.mark.skipif(not _VLLM_OK, reason=_VLLM_WHY or "vllm unavailable")
-
-
-@pytest.fixture(scope="module")
-def vllm_server(model_dir, tmp_path_factory):
-    """One vLLM server for this module: SmolLM2 as "smollm2" plus a random LoRA as "rand"."""
-    tmp = tmp_path_factory.mktemp("vllm")
-    lora_dir = make_random_lora(model_dir, tmp / "lora_rand", r=8)
-    server = VLLMServer(model_dir, "smollm2", lora_modules={"rand": lora_dir}, log_path=tmp / "vllm.log")
-    server.start()
-    server.lora_dir = lora_dir
-    print(f"vLLM server up in {server.startup_seconds:.1f}s")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

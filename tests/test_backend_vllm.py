@@ -41,8 +41,10 @@ def gens_json(gens):
 
 
 def main():
-    model_dir, lora_dir = sys.argv[1], sys.argv[2]
-    backend = VLLMBackend(model_dir, dtype="float32", max_model_len=1024, max_lora_rank=16)
+    model_dir, lora_dir, agreement_chats = sys.argv[1], sys.argv[2], sys.argv[3]
+    backend = VLLMBackend(model_dir, dtype="float32", max_model_len=2048, max_lora_rank=16)
+    with open(agreement_chats) as fh:
+        greedy = backend.generate(json.load(fh), Sampling(n=1, temperature=0.0, max_tokens=24))
     sampling = Sampling(n=2, temperature=1.0, max_tokens=10, seed=42)
     first = backend.generate(CHATS, sampling)
     again = backend.generate(CHATS, sampling)
@@ -53,7 +55,7 @@ def main():
     print(json.dumps({
         "first": gens_json(first), "again": gens_json(again), "lora_gen": gens_json(lora_gen),
         "base": base.tolist(), "lora": lora.tolist(), "dtype": str(base.dtype),
-        "unloaded": backend._llm is None,
+        "unloaded": backend._llm is None, "greedy": [g[0].text for g in greedy],
     }))
 
 
@@ -76,7 +78,17 @@ def test_module_imports_without_vllm():
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not _VLLM_OK, reason=_VLLM_WHY or "vllm unavailable")
-def test_inprocess_generate_and_choice_logprobs(tmp_path):
+def test_inprocess_generate_and_choice_logprobs_and_agreement(tmp_path, vllm_server, shared_data):
+    """VLLMBackend for real, and the three generators' greedy answers on 50 FPB prompts agree
+    (>= 90% of parsed answers), so a user can switch backends without changing results."""
+    import pandas as pd
+
+    from semievol_core.answers import parse_choice
+    from semievol_core.backends.base import Sampling
+    from semievol_core.backends.openai_http import OpenAIBackend
+    from semievol_core.backends.transformers_backend import TransformersBackend
+    from semievol_core.prompts import question_chat
+
     from semievol_core.models import resolve_model
 
     try:
@@ -84,10 +96,15 @@ def test_inprocess_generate_and_choice_logprobs(tmp_path):
     except FileNotFoundError as exc:
         pytest.skip(f"SmolLM2 not available: {exc}")
     lora_dir = make_random_lora(model_dir, tmp_path / "lora_rand", r=8)
+    fpb = pd.read_csv(shared_data / "fpb" / "test.csv").head(50)
+    options = [json.loads(o) for o in fpb["options"]]
+    chats = [question_chat(q, o) for q, o in zip(fpb["question"], options)]
+    chats_file = tmp_path / "chats.json"
+    chats_file.write_text(json.dumps(chats))
     script = tmp_path / "run_vllm_backend.py"
     script.write_text(SCRIPT)
     proc = subprocess.run(
-        [str(VLLM_PYTHON), str(script), str(model_dir), str(lora_dir)],
+        [str(VLLM_PYTHON), str(script), str(model_dir), str(lora_dir), str(chats_file)],
         cwd=str(tmp_path), env=vllm_env(), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"script failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -110,3 +127,14 @@ def test_inprocess_generate_and_choice_logprobs(tmp_path):
     assert max(abs(a - b) for ra, rb in zip(base, lora) for a, b in zip(ra, rb)) > 0.05
     assert len(out["lora_gen"][0]) == 1
     assert out["unloaded"]
+
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=24)
+    texts = {
+        "vllm": out["greedy"],
+        "transformers": [g[0].text for g in TransformersBackend(str(model_dir), progress=False).generate(chats, greedy)],
+        "http": [g[0].text for g in OpenAIBackend(vllm_server.base_url, "smollm2", tokenizer=str(model_dir)).generate(chats, greedy)],
+    }
+    parsed = {k: [parse_choice(t, o).value for t, o in zip(v, options)] for k, v in texts.items()}
+    for a, b in (("transformers", "vllm"), ("transformers", "http"), ("vllm", "http")):
+        agree = sum(x == y for x, y in zip(parsed[a], parsed[b])) / len(chats)
+        assert agree >= 0.9, f"{a} vs {b}: parsed greedy answers agree on only {agree:.0%}"

@@ -1,0 +1,326 @@
+"""The Prefect flows on real Prefect (temporary server in a per-session PREFECT_HOME), tiny model.
+
+Re-executions are counted with the SEMIEVOL_TASK_LOG hook: every task body appends its label when
+it really runs, never on a cache hit (tasks/common.py: record_execution).
+
+    pytest tests/test_flows.py            # ~2 min; -m "not slow" skips the evolve runs
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# One Prefect home per test session, set before Prefect is imported (it reads its settings then):
+# the first flow run in a fresh home spends ~15 s starting the temporary server.
+_HOME = Path(tempfile.gettempdir()) / f"semievol-pytest-prefect-{os.getpid()}"
+os.environ["PREFECT_HOME"] = str(_HOME)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from semievol_core import steps  # noqa: E402
+from semievol_core.config import SemiEvolConfig  # noqa: E402
+from semievol_core.data import read_table  # noqa: E402
+
+from conftest import sentiment_rows  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_temporary_server():
+    """Stop Prefect's temporary server while pytest still captures output (at interpreter exit
+    its goodbye line would hit a closed stream)."""
+    yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogHandler().flush()  # send buffered run logs and events while the server still listens
+    EventsWorker.drain_all(timeout=5)
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
+def _cfg(model: Path, **over) -> SemiEvolConfig:
+    # choice_logprobs: one forward pass per question (fast) and always a parsable letter, so the
+    # random tiny model still yields pseudo-labels with entropies for θ to select from.
+    return SemiEvolConfig(model=str(model), train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
+                          collaboration_mode="choice_logprobs", eval_mode="choice_logprobs", bootstrap_samples=200,
+                          execution={"progress": False, "shard_size": 4}, **over)
+
+
+def _executed(log: Path) -> list[str]:
+    lines = log.read_text().split() if log.exists() else []
+    log.write_text("")
+    return lines
+
+
+@pytest.fixture
+def task_log(tmp_path, monkeypatch) -> Path:
+    log = tmp_path / "executed.txt"
+    monkeypatch.setenv("SEMIEVOL_TASK_LOG", str(log))
+    return log
+
+
+# ------------------------------------------------------------------------------ evolve
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dir, tmp_path_factory):
+    """One full evolve run (10 unlabeled questions = 3 shards of 4); the tests below re-run it."""
+    from conftest import write_sentiment_dataset
+    from flows.evolve import evolve
+
+    root = tmp_path_factory.mktemp("evolve")
+    data, out = write_sentiment_dataset(root / "data"), root / "run"
+    log = root / "executed.txt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMIEVOL_TASK_LOG", str(log))
+        report = evolve(str(data), str(out), _cfg(tiny_model_dir))
+    first = _executed(log)
+    return {"data": data, "out": out, "report": report, "first": first}
+
+
+@pytest.mark.slow
+def test_first_run_executes_every_step_once(base_run):
+    first = base_run["first"]
+    assert first.count("generate") == 3
+    for label in ("prepare", "train:warm_adapter", "collect", "vote", "justify", "filter",
+                  "train:semievol_adapter", "evaluate:semievol", "evaluate:vanilla"):
+        assert first.count(label) == 1, label
+    report = json.loads((base_run["out"] / "report.json").read_text())
+    assert set(report["systems"]) == set(steps.SYSTEMS)
+    assert (base_run["out"] / "report.md").exists() and (base_run["out"] / "semievol_adapter").is_dir()
+
+
+@pytest.mark.slow
+def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, task_log, tiny_model_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.evolve import evolve
+
+    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir))
+    assert _executed(task_log) == []
+    for part in ("systems", "selection", "config", "mcnemar_p_semievol_vs_sft"):
+        assert json.dumps(report[part], sort_keys=True) == json.dumps(base_run["report"][part], sort_keys=True)
+    assert max(report["timings"].values()) < 3.0  # cache hits: Prefect's bookkeeping only
+    with get_client(sync_client=True) as client:
+        # the flow created the `gpu` limit in the temporary server
+        assert client.read_global_concurrency_limit_by_name("gpu").limit >= 1
+        keys = ["semievol-accuracy", "semievol-selection", "semievol-report", "semievol-generation"]
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in arts} == set(keys)
+    table = next(a for a in arts if a.key == "semievol-accuracy")
+    assert "ci_low" in str(table.data) and "semievol" in str(table.data)
+
+
+@pytest.mark.slow
+def test_changing_theta_reruns_only_filter_final_train_and_semievol_eval(base_run, task_log, tiny_model_dir):
+    from flows.evolve import evolve
+
+    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, theta=0.8))
+    assert sorted(_executed(task_log)) == ["evaluate:semievol", "filter", "train:semievol_adapter"]
+    assert report["selection"]["n_selected"] > base_run["report"]["selection"]["n_selected"]
+    assert report["systems"]["sft"] == base_run["report"]["systems"]["sft"]
+
+
+@pytest.mark.slow
+def test_run_killed_in_shard_2_resumes_without_missing_or_duplicated_responses(
+        base_run, task_log, tiny_model_dir, monkeypatch):
+    """A new temperature invalidates generation (not training); the run dies in shard 2."""
+    from flows.evolve import evolve
+
+    cfg = _cfg(tiny_model_dir, temperature=0.7)
+    real, calls = steps.generate_shard, []
+
+    def crash_in_shard_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected crash in shard 2")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(steps, "generate_shard", crash_in_shard_2)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            evolve(str(base_run["data"]), str(base_run["out"]), cfg)
+    # shard 1 done, shard 2 failed once: a code error is not retried
+    assert _executed(task_log) == ["generate", "generate"]
+
+    report = evolve(str(base_run["data"]), str(base_run["out"]), cfg)
+    executed = _executed(task_log)
+    assert executed.count("generate") == 2  # shards 2 and 3; shard 1 came from the cache
+    assert "train:warm_adapter" not in executed and "prepare" not in executed
+    responses = steps.load_frame(base_run["out"] / "responses.parquet")
+    ids = read_table(base_run["out"] / "data" / "unlabeled.parquet", "unlabeled")["id"]
+    assert set(responses["unlabeled_id"]) == set(ids)
+    assert not responses.duplicated(["unlabeled_id", "collaborator", "sample"]).any()
+    per_question = responses.groupby("unlabeled_id").size()
+    assert per_question.nunique() == 1  # every question has every collaborator's responses
+    assert report["selection"]["n_unlabeled"] == len(ids)
+
+
+def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path):
+    from tasks.common import StepCache
+
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"x": [1, 2]}).to_parquet(table)
+    policy = StepCache(config_fields=("theta",), files=("table",), outputs=("out",))
+
+    def key(cfg, **extra):
+        return policy.compute_key(None, {"cfg": cfg, "table": str(table), "out": "o", **extra}, None)
+
+    base = SemiEvolConfig()
+    assert key(base) == key(SemiEvolConfig(execution={"batch_size": 1, "shard_size": 7, "threads": 2}))
+    assert key(base) == key(SemiEvolConfig(model="other"))  # not a field this step reads
+    assert key(base) != key(SemiEvolConfig(theta=0.3))
+    assert key(base) != key(base, answer_type="text")
+    before = key(base)
+    pd.DataFrame({"x": [1, 3]}).to_parquet(table)  # same path, new content
+    assert key(base) != before
+
+
+# ------------------------------------------------------------------------------ retries
+class _FakeOpenAI(BaseHTTPRequestHandler):
+    """/v1/chat/completions that fails `fail` times with `status`, then answers "Answer: A"."""
+
+    state: dict = {}
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.state["lock"]:
+            self.state["requests"] += 1
+            failing = self.state["fail"] > 0
+            if failing:
+                self.state["fail"] -= 1
+        if failing:
+            body, code = {"error": {"message": "server overloaded (injected)"}}, self.state["status"]
+        else:
+            body, code = {"choices": [{"index": 0, "message": {"content": "Answer: A"}, "finish_reason": "stop",
+                                       "logprobs": {"content": [{"logprob": -0.1}, {"logprob": -0.2}]}}]}, 200
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    def start(fail: int, status: int = 503):
+        handler = type("Handler", (_FakeOpenAI,), {"state": {"lock": threading.Lock(), "requests": 0,
+                                                             "fail": fail, "status": status}})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", handler.state
+
+    servers: list = []
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _openai_cfg(url: str) -> SemiEvolConfig:
+    # concurrency 1: requests go one by one, so exactly the first `fail` requests fail
+    return SemiEvolConfig(model="fake-model", eval_mode="generate", bootstrap_samples=100,
+                          execution={"backend": "openai", "base_url": url, "concurrency": 1, "progress": False})
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    from semievol_core.backends.openai_http import OpenAIBackend
+    from tasks import method
+
+    monkeypatch.setattr(OpenAIBackend, "_backoff", lambda self, attempt: 0.0)
+    monkeypatch.setattr(method.evaluate, "retry_delay_seconds", [0.1, 0.1, 0.1])
+
+
+def test_transient_http_failures_are_retried_and_the_run_completes(
+        sentiment_dataset, tmp_path, task_log, fake_server, fast_backoff):
+    from flows.evaluate import evaluate
+
+    # The backend tries each request 6 times (max_retries=5); 12 failures = two failed task
+    # attempts. One question (limit=1), so no other request of the same attempt eats failures.
+    url, state = fake_server(fail=12)
+    res = evaluate(str(sentiment_dataset), str(tmp_path / "eval"), config=_openai_cfg(url), limit=1)
+    assert _executed(task_log) == ["prepare-test"] + ["evaluate:model"] * 3
+    assert state["fail"] == 0 and state["requests"] == 12 + 1
+    assert res["metrics"]["n"] == 1 and res["metrics"]["parse_failure_rate"] == 0
+    assert (tmp_path / "eval" / "predictions" / "model.parquet").exists()
+
+
+def test_non_transient_backend_error_fails_fast(sentiment_dataset, tmp_path, task_log, fake_server, fast_backoff):
+    from semievol_core.backends.openai_http import BackendRequestError
+
+    from flows.evaluate import evaluate
+
+    url, state = fake_server(fail=1000, status=400)
+    with pytest.raises(BackendRequestError, match="injected"):
+        evaluate(str(sentiment_dataset), str(tmp_path / "eval"), config=_openai_cfg(url), limit=1)
+    assert _executed(task_log) == ["prepare-test", "evaluate:model"]
+    assert state["requests"] == 1
+
+
+# ------------------------------------------------------------------------------ ingest
+def test_ingest_adds_new_rows_skips_duplicates_quarantines_bad_rows_and_moves_the_file(
+        sentiment_dataset, tmp_path, task_log):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.ingest import ingest
+
+    existing = read_table(sentiment_dataset / "unlabeled", "unlabeled")
+    dup = existing.iloc[0]  # same question and options as a stored row, under another id
+    new = sentiment_rows(2, offset=5000)
+    lines = [{"prompt": r["question"], "options": r["options"], "src": "app"} for r in new]
+    lines.append({"prompt": dup["question"], "options": list(dup["options"]), "src": "app"})
+    lines.append({"prompt": "", "options": ["x", "y"], "src": "app"})  # bad: empty question
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "logs-1.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (inbox / ".partial.jsonl").write_text("{}")  # hidden: still being written, must be left alone
+
+    summary = ingest(str(inbox), str(sentiment_dataset), mapping={"question": "prompt"})
+    (res,) = summary["files"]
+    assert (res["status"], res["added"], res["already_present"], res["quarantined"]) == ("ingested", 2, 1, 1)
+    assert _executed(task_log) == ["ingest-file"]
+    part = sentiment_dataset / "unlabeled" / "part-00001.parquet"
+    assert res["part"] == str(part)
+    added = read_table(part, "unlabeled")
+    assert sorted(added["question"]) == sorted(r["question"] for r in new)
+    assert json.loads(added["metadata"][0]) == {"src": "app"}
+    quarantine = read_table(sentiment_dataset / "quarantine", "quarantine")
+    assert len(quarantine) == 1 and quarantine["row"][0] == 4 and "question is empty" in quarantine["reason"][0]
+    assert (inbox / "processed" / "logs-1.jsonl").exists() and not (inbox / "logs-1.jsonl").exists()
+    assert (inbox / ".partial.jsonl").exists()
+    assert len(read_table(sentiment_dataset / "unlabeled", "unlabeled")) == len(existing) + 2
+
+    # The same rows again (a re-sent file): nothing new, nothing duplicated.
+    shutil.copy(inbox / "processed" / "logs-1.jsonl", inbox / "logs-2.jsonl")
+    again = ingest(str(inbox), str(sentiment_dataset), mapping={"question": "prompt"})
+    assert again["added"] == 0 and again["files"][0]["already_present"] == 3
+    assert len(read_table(sentiment_dataset / "unlabeled", "unlabeled")) == len(existing) + 2
+
+    # A file missing its mapped column is rejected whole, with the reason next to it.
+    (inbox / "broken.csv").write_text("text\nhello\n")
+    bad = ingest(str(inbox), str(sentiment_dataset), mapping={"question": "prompt"})
+    assert bad["rejected"] == ["broken.csv"]
+    assert "prompt" in (inbox / "rejected" / "broken.csv.reason.txt").read_text()
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["semievol-ingest", "semievol-ingest-report"])))
+    assert {a.key for a in arts} == {"semievol-ingest", "semievol-ingest-report"}
