@@ -16,6 +16,7 @@ re-raises with the full traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -172,6 +173,48 @@ def _validation_line(exc: Exception) -> str:
     return "; ".join(parts)
 
 
+def _validate_dataset(data: Path) -> None:
+    """Check every table row by row before starting Prefect: a bad file is then one line naming
+    the user's file, row and column, not a failed flow run quoting the run directory's copy."""
+    from semievol_core.data import _to_arrow, load_dataset, read_table  # _to_arrow: the row validator
+
+    ds = load_dataset(data)  # schemas, readable files, unique ids
+    if len(ds.labeled) == 0:
+        raise UserError(f"{data}: the labeled table is empty; the method needs labeled examples")
+    tables = [(data / "labeled.parquet", "labeled"), (data / "test.parquet", "test")]
+    tables += [(p, "unlabeled") for p in sorted((data / "unlabeled").glob("part-*.parquet"))]
+    if (data / "oracle.parquet").exists():
+        tables.append((data / "oracle.parquet", "oracle"))
+    for path, kind in tables:
+        _to_arrow(read_table(path, kind), kind, path)
+
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+class _NoUserTracebacks(logging.Filter):
+    """On the console only: Prefect logs a failed run's exception with its traceback; for a user
+    error (bad data or config: DataError and pydantic's ValidationError are ValueErrors) the
+    message says it all. The API handler runs before this one and keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_console(debug: bool) -> None:
+    if debug:  # --debug: keep every traceback
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _NoUserTracebacks) for f in handler.filters):
+            handler.addFilter(_NoUserTracebacks())
+
+
 def _no_progress(cfg, flag: bool):
     if flag:
         cfg.execution.progress = False
@@ -180,7 +223,6 @@ def _no_progress(cfg, flag: bool):
 
 # ------------------------------------------------------------------------------ commands
 def cmd_evolve(args) -> int:
-    from semievol_core.data import load_dataset
     from semievol_core.report import systems_table
 
     preset = PRESETS.get(args.preset) if args.preset else None
@@ -196,14 +238,12 @@ def cmd_evolve(args) -> int:
     data = Path(args.data)
     if not data.is_dir():
         raise UserError(f"{data}: dataset directory not found")
-    # Validate the tables before starting Prefect: a bad file is then one clear line, not a
-    # failed flow run with a traceback in the log.
-    ds = load_dataset(data)
-    if len(ds.labeled) == 0:
-        raise UserError(f"{data}: the labeled table is empty; the method needs labeled examples")
+    _validate_dataset(data)
 
     from flows.common import RunLimits
     from flows.evolve import evolve
+
+    _quiet_console(args.debug)
 
     report = evolve(data_dir=str(data), out_dir=args.out, config=cfg, limits=RunLimits(**limits), systems=systems)
     print(systems_table(report["systems"]))
@@ -222,8 +262,12 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{test}: no test table found")
     if args.adapter and not Path(args.adapter).is_dir():
         raise UserError(f"{args.adapter}: adapter directory not found")
+    if args.name in ("rag_knn", "knn_vote"):
+        raise UserError(f"--name {args.name!r} is reserved for evolve's neighbour-based systems")
 
     from flows.evaluate import evaluate
+
+    _quiet_console(args.debug)
 
     res = evaluate(test=str(test), out_dir=args.out, adapter=args.adapter, config=cfg, name=args.name,
                    limit=args.limit)
@@ -234,6 +278,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ingest(args) -> int:
     from flows.ingest import ingest
+
+    _quiet_console(args.debug)
 
     if not Path(args.inbox).is_dir():
         raise UserError(f"{args.inbox}: inbox directory not found")
@@ -279,12 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from semievol_core.schema import DataError
-
         # Data, config and file problems are the user's to fix: one line, exit 2. ValueError
         # covers DataError, pydantic's ValidationError and the core's own checks.
-        if isinstance(exc, (UserError, DataError, ValueError, FileNotFoundError, FileExistsError,
-                            NotADirectoryError, PermissionError)):
+        if isinstance(exc, USER_ERRORS):
             print(f"semievol: error: {_one_line(exc)}", file=sys.stderr)
             return 2
         print(f"semievol: {args.command} failed: {type(exc).__name__}: {_one_line(exc)} "

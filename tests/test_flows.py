@@ -119,6 +119,7 @@ def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, ta
         keys = ["semievol-accuracy", "semievol-selection", "semievol-report", "semievol-generation"]
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {a.key for a in arts} == set(keys)
+    assert all(a.data == 100 for a in arts if a.key == "semievol-generation")  # every shard reported
     table = next(a for a in arts if a.key == "semievol-accuracy")
     assert "ci_low" in str(table.data) and "semievol" in str(table.data)
 

@@ -1,0 +1,100 @@
+"""The `semievol` command line, run as a subprocess like a user would: help, one-line errors, a real run.
+
+    pytest tests/test_cli.py
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A Prefect home for the subprocesses (never the user's ~/.prefect). Not test_flows.py's: a
+# subprocess starts its own temporary server, and two servers on one SQLite file step on each other.
+_HOME = Path(tempfile.gettempdir()) / f"semievol-pytest-prefect-cli-{os.getpid()}"
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+
+
+def semievol(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("semievol")  # the console script pyproject.toml installs
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    env = {**os.environ, "PREFECT_HOME": str(_HOME), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert lines[0].startswith("semievol: error: ")
+    return lines[0]
+
+
+def test_help_lists_commands_and_examples():
+    res = semievol("--help")
+    assert res.returncode == 0
+    for word in ("evolve", "evaluate", "ingest", "import-csv", "examples:", "--preset fpb-small"):
+        assert word in res.stdout
+    for cmd in ("evolve", "evaluate", "ingest", "import-csv"):
+        sub = semievol(cmd, "--help")
+        assert sub.returncode == 0 and "example" in sub.stdout, cmd
+
+
+def test_bad_csv_gives_one_line_naming_file_row_and_column(tmp_path):
+    src = tmp_path / "paper"
+    src.mkdir()
+    good = 'question,options,answer\nQ1,"[""up"", ""down""]",A\n'
+    (src / "labeled.csv").write_text(good + 'Q2,"[""up"", ""down""]",F\n')
+    (src / "test.csv").write_text(good)
+    line = one_line_error(semievol("import-csv", str(src), "--out", str(tmp_path / "ds")))
+    assert "paper/labeled.csv row 2, column 'answer'" in line and "'F'" in line
+    assert not (tmp_path / "ds").exists()
+
+    ok = semievol("import-csv", str(src), "--out", str(tmp_path / "ds"), "--skip-bad-rows")
+    assert ok.returncode == 0, ok.stderr
+    assert "quarantined: 1" in ok.stdout
+
+
+def test_user_errors_are_one_line_without_starting_prefect(tmp_path, sentiment_dataset):
+    assert "dataset directory not found" in one_line_error(
+        semievol("evolve", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")))
+    assert "theta" in one_line_error(
+        semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"), "--theta", "3"))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("theta: 0.5\nn_collaborators: 0\nwhat: 1\n")
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--config", str(cfg)))
+    assert "n_collaborators" in line and "what" in line
+    # a broken table in the dataset: caught before any flow run
+    pd.DataFrame({"id": ["a"], "question": ["q"], "options": [["x", "y"]], "answer": ["Z"],
+                  "metadata": ["{}"]}).to_parquet(sentiment_dataset / "labeled.parquet")
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r")))
+    assert "labeled.parquet" in line and "'answer'" in line
+    assert "inbox directory not found" in one_line_error(
+        semievol("ingest", str(tmp_path / "nope"), "--into", str(sentiment_dataset)))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_command_runs_a_flow_through_prefect(tmp_path, sentiment_dataset, tiny_model_dir):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\neval_mode: choice_logprobs\nbootstrap_samples: 100\n")
+    res = semievol("evaluate", "--test", str(sentiment_dataset), "--out", str(tmp_path / "eval"),
+                   "--config", str(cfg), "--limit", "3", "--no-progress", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| model |" in res.stdout
+    assert "Flow run" in res.stderr  # Prefect's run logger
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 3 and (tmp_path / "eval" / "report.md").exists()
+    shutil.rmtree(tmp_path / "eval")
