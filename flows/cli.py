@@ -138,9 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ config
 def _load_config(path: str | None, preset: Preset | None, overrides: dict):
     """SemiEvolConfig from a file (or the preset's), with command-line overrides, validated once."""
-    import yaml
-
-    from semievol_core.config import SemiEvolConfig
+    from semievol_core.config import SemiEvolConfig, load_yaml_mapping
 
     source = Path(path) if path else (CONFIG_DIR / preset.config if preset else None)
     data: dict = {}
@@ -148,11 +146,9 @@ def _load_config(path: str | None, preset: Preset | None, overrides: dict):
         if not source.is_file():
             raise UserError(f"{source}: config file not found")
         try:
-            data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{source}: cannot read config: {' '.join(str(exc).split())}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{source}: a config must be a mapping of field: value")
+            data = load_yaml_mapping(source)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     for key, value in overrides.items():
         if value is not None:
             data[key] = value
@@ -176,7 +172,7 @@ def _validation_line(exc: Exception) -> str:
 def _validate_dataset(data: Path) -> None:
     """Check every table row by row before starting Prefect: a bad file is then one line naming
     the user's file, row and column, not a failed flow run quoting the run directory's copy."""
-    from semievol_core.data import _to_arrow, load_dataset, read_table  # _to_arrow: the row validator
+    from semievol_core.data import load_dataset, read_table, validate_table
 
     ds = load_dataset(data)  # schemas, readable files, unique ids
     if len(ds.labeled) == 0:
@@ -186,7 +182,7 @@ def _validate_dataset(data: Path) -> None:
     if (data / "oracle.parquet").exists():
         tables.append((data / "oracle.parquet", "oracle"))
     for path, kind in tables:
-        _to_arrow(read_table(path, kind), kind, path)
+        validate_table(read_table(path, kind), kind, path)
 
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)

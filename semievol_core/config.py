@@ -104,14 +104,7 @@ class SemiEvolConfig(BaseModel):
     # ---- (de)serialisation ----------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SemiEvolConfig":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read config: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a mapping of field: value")
-        return cls.model_validate(data)
+        return cls.model_validate(load_yaml_mapping(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -127,3 +120,15 @@ class SemiEvolConfig(BaseModel):
         if fields:
             data = {f: data[f] for f in fields}
         return json.dumps(data, sort_keys=True)
+
+
+def load_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping; ValueError with a one-line reason naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of field: value")
+    return data

@@ -123,6 +123,11 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def validate_table(df: pd.DataFrame, kind: str, path: str | Path) -> None:
+    """Check every row of `df` as a `kind` table; DataError naming `path`, row and column."""
+    _to_arrow(df, kind, path)
+
+
 def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
     """Validate `df` as a `kind` table and write it atomically to the Parquet file `path`.
 
