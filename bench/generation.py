@@ -26,7 +26,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +71,10 @@ def _peak_rss_mb() -> float:
 
 
 def _count_prompt_tokens(tok, groups) -> int:
-    return sum(len(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)) * g["n"]
+    # Prompt tokens processed once per prompt (its n samples share the prefill, as in every backend
+    # here but the naive loop, which re-prefills each sample: that is the cost it pays).
+    return sum(len(tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"])
                for g in groups for c in g["chats"])
 
 
@@ -93,7 +95,7 @@ def worker(kind: str, work: dict, naive_questions: int, threads: int) -> dict:
     else:
         from semievol_core.backends.vllm_backend import VLLMBackend
 
-        backend = VLLMBackend(str(model_dir), dtype="float32", max_model_len=2048)
+        backend = VLLMBackend(str(model_dir), dtype="float32", max_model_len=2048, per_request_seed=False)
     # Warm-up outside the timing (vLLM compiles; transformers loads), on a few prompts.
     backend.generate(work["groups"][0]["chats"][:2], Sampling(n=1, temperature=0.0, max_tokens=4))
     t0 = time.perf_counter()
@@ -141,8 +143,7 @@ def run_worker(kind: str, work_file: Path, naive_questions: int, threads: int) -
     python = str(VLLM_PY) if kind == "vllm" else sys.executable
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "PYTHONPATH": str(ROOT)}
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        out_file = Path(fh.name)
+    out_file = HERE / "runs" / f"generation_{kind}.json"  # kept: --reuse skips a finished backend
     cmd = [python, __file__, "--worker", kind, "--work", str(work_file), "--result", str(out_file),
            "--naive-questions", str(naive_questions), "--threads", str(threads)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--naive-questions", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--backends", default="transformers,vllm,naive")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished backends' results in bench/runs/")
     ap.add_argument("--worker"), ap.add_argument("--work"), ap.add_argument("--result")
     args = ap.parse_args()
     if args.worker:
@@ -175,6 +177,10 @@ def main() -> None:
     for kind in args.backends.split(","):
         if kind == "vllm" and not VLLM_PY.exists():
             print("skipping vllm: .venv-vllm missing (make venv-vllm)")
+            continue
+        saved = HERE / "runs" / f"generation_{kind}.json"
+        if args.reuse and saved.exists() and saved.stat().st_size:
+            results[kind] = json.loads(saved.read_text())
             continue
         results[kind] = run_worker(kind, work_file, args.naive_questions, args.threads)
     records = []

