@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from generation import HERE, build_work, run_worker
 

@@ -110,7 +110,7 @@ def _check_row(rec: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return row
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     """Write to a hidden temp file next to `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -134,7 +134,7 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
     A missing `metadata` column is filled with "{}". Raises DataError (nothing is written).
     """
     path = Path(path)
-    _atomic_write(_to_arrow(df, kind, path), path)
+    atomic_write_parquet(_to_arrow(df, kind, path), path)
     return path
 
 

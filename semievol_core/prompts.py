@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .answers import LETTERS
-
-Chat = list[dict[str, str]]
+from .backends.base import Chat
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from .answers import infer_answer_type
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
 from .config import SemiEvolConfig
-from .data import read_table, write_table
+from .data import atomic_write_parquet, read_table, write_table
 from .evaluation import metrics, predict
 from .justification import justify
 from .propagation import knn_label_vote, retrieve_neighbors
@@ -53,13 +53,7 @@ CODE_VERSION = "1"  # bump when a step's output for the same inputs changes
 def save_frame(df: pd.DataFrame, path: str | Path) -> Path:
     """Write any DataFrame to Parquet atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False), path)
     return path
 
 

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from semievol_core import data as data_mod

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semievol_core.backends.base import Sampling
 from semievol_core.backends.transformers_backend import TransformersBackend
 from semievol_core.collaboration import RESPONSE_COLUMNS, generate_responses, plan_collaborators
 from semievol_core.config import Collaborator, SemiEvolConfig
