@@ -3,6 +3,14 @@
     .venv/bin/python bench/quality.py --dataset fpb --unlabeled 600          # ~1 h on 2 CPU cores
     .venv/bin/python bench/quality.py --dataset arc --unlabeled 600
     .venv/bin/python bench/quality.py --dataset fpb --config bench/configs/quality.yaml --tag variant
+    # ablation: same warm adapter and shards (re-used when their keys match), θ = 100%
+    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag theta100 --set theta=1.0 \
+        --seed-from bench/runs/fpb --systems semievol
+    # control: the SFT baseline with one more epoch (nothing else runs)
+    .venv/bin/python bench/quality.py --dataset fpb --tag 3ep --set train.epochs=3 --systems sft
+    # pseudo-label statistics only (no final training): recorded under "pseudo_labels" in quality.json
+    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag n1 --set n_collaborators=1 \
+        --seed-from bench/runs/fpb --pseudo-only
 
 Runs the plain pipeline (semievol_core.pipeline) with SmolLM2-135M-Instruct on CPU, then merges
 its systems into bench/results/quality.json (records keyed by dataset + system) and rewrites
@@ -63,6 +71,32 @@ def markdown(records: list[dict], notes: dict) -> str:
     return "\n".join(lines)
 
 
+def apply_overrides(data: dict, pairs: list[str]) -> dict:
+    """`key=value` pairs (dotted keys for nested fields, YAML values) applied to a config mapping."""
+    import yaml
+
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return data
+
+
+def seed_run_dir(src: Path, dst: Path) -> None:
+    """Copy another run's warm adapter and generation shards: each step still checks its own key
+    (train_key.txt, shard names) and re-computes whatever does not match."""
+    import shutil
+
+    for name in ("warm_adapter", "responses"):
+        if (src / name).exists() and not (dst / name).exists():
+            shutil.copytree(src / name, dst / name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, choices=["fpb", "arc", "usmle", "mmlu_pro"])
@@ -72,6 +106,11 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=None)
     ap.add_argument("--tag", default="", help="suffix for system names (ablations, variants)")
     ap.add_argument("--systems", default="vanilla,rag_knn,knn_vote,sft,semievol")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field (dotted for nested: train.epochs=3); repeatable")
+    ap.add_argument("--seed-from", default=None, help="run dir whose warm adapter and shards to re-use")
+    ap.add_argument("--pseudo-only", action="store_true",
+                    help="stop after selection; record the pseudo-label statistics only")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -80,18 +119,34 @@ def main() -> None:
     from semievol_core.pipeline import run_semievol
     from semievol_core.steps import Limits
 
-    cfg = SemiEvolConfig.from_yaml(args.config)
+    from semievol_core.config import load_yaml_mapping
+
+    cfg = SemiEvolConfig.model_validate(apply_overrides(load_yaml_mapping(args.config), args.set))
     data_dir = HERE / "runs" / "data" / args.dataset
     if not (data_dir / "labeled.parquet").exists():
         import_csv_dir(SHARED / args.dataset, data_dir, overwrite=True)
-    run_dir = HERE / "runs" / f"{args.dataset}{'-' + args.tag if args.tag else ''}"
+    name = f"{args.dataset}{'-' + args.tag if args.tag else ''}"
+    run_dir = HERE / "runs" / name
+    if args.seed_from:
+        seed_run_dir(Path(args.seed_from), run_dir)
     t0 = time.perf_counter()
+    systems = [] if args.pseudo_only else args.systems.split(",")
     report = run_semievol(data_dir, run_dir, cfg, Limits(args.labeled, args.unlabeled, args.test),
-                          systems=args.systems.split(","))
+                          systems=systems, pseudo_labels=True if args.pseudo_only else None)
     total = time.perf_counter() - t0
+    out = RESULTS / "quality.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.pseudo_only:
+        prev = json.loads(out.read_text()) if out.exists() else {}
+        sel = report["selection"]
+        pseudo = {**prev.get("pseudo_labels", {}),
+                  name: {**sel, "overrides": args.set, "wall_s": round(total, 1)}}
+        out.write_text(json.dumps({**prev, "pseudo_labels": pseudo}, indent=2))
+        print(json.dumps(pseudo[name], indent=2))
+        return
     t = report["timings"]
     n_lab = len(__import__("pandas").read_parquet(run_dir / "data" / "labeled.parquet"))
-    n_unl = report["selection"]["n_unlabeled"]
+    n_unl = report["selection"].get("n_unlabeled", 0)
     shared_cost = {"vanilla": 0.0, "rag_knn": t.get("embed", 0) + t.get("retrieve", 0),
                    "knn_vote": t.get("embed", 0) + t.get("retrieve", 0), "sft": t.get("train_warm", 0)}
     records = []
@@ -104,23 +159,21 @@ def main() -> None:
                         "n_test": m["n"], "n_labeled": n_lab,
                         "n_unlabeled_used": n_unl if system == "semievol" else 0,
                         "model": cfg.model, "wall_s": round(wall, 1)})
-    out = RESULTS / "quality.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     prev = json.loads(out.read_text()) if out.exists() else {}
     notes = prev.get("notes", {})
     sel = report["selection"]
-    notes[f"{args.dataset}{'-' + args.tag if args.tag else ''}"] = (
-        f"selection: {sel['n_selected']}/{sel['n_unlabeled']} pseudo-labels kept "
+    notes[name] = (f"overrides {args.set}; timings {t}" if not sel else
+        f"overrides {args.set}; selection: {sel['n_selected']}/{sel['n_unlabeled']} pseudo-labels kept "
         f"(consensus {sel['n_consensus']}, justified {sel['n_justified']}), selected accuracy "
         f"{sel.get('pseudo_label_accuracy')}, all pseudo-labels {sel.get('pseudo_label_accuracy_all')}; "
         f"McNemar p (semievol vs sft) = {report.get('mcnemar_p_semievol_vs_sft')}; timings {t}")
     records = merge_records(out, records)
-    out.write_text(json.dumps({"machine": machine(), "records": records, "notes": notes,
-                               "configs": {**prev.get("configs", {}), args.dataset + args.tag: cfg.result_fields()}},
+    out.write_text(json.dumps({**prev, "machine": machine(), "records": records, "notes": notes,
+                               "configs": {**prev.get("configs", {}), name: cfg.result_fields()}},
                               indent=2))
     (RESULTS / "quality.md").write_text(markdown(records, notes))
     print(markdown([r for r in records if r["dataset"] == args.dataset], {}))
-    print(notes[f"{args.dataset}{'-' + args.tag if args.tag else ''}"])
+    print(notes[name])
 
 
 if __name__ == "__main__":

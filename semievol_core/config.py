@@ -83,6 +83,7 @@ class SemiEvolConfig(BaseModel):
     theta: float = Field(default=0.5, gt=0.0, le=1.0)  # keep H <= theta-quantile (paper Eq. 7)
     selection_scope: Literal["all", "justified"] = "all"  # "justified": released code's variant
     class_balance: bool = False  # apply the percentile within each answer class
+    source_balance: bool = False  # ... and/or within each source (consensus|justified): H scales differ
 
     # --- 7. evaluation ---
     eval_mode: Literal["generate", "choice_logprobs"] = "generate"

@@ -9,7 +9,10 @@ With scope "all" (the paper) one threshold, the theta-quantile of H over every p
 to all; with scope "justified" (the released code) every consensus label is kept and the quantile
 is taken over the justified ones only. `class_balance` takes the quantile within each answer class,
 so a class the model is less sure of is not wiped out (entropy alone tends to keep the majority
-class only). An unparsable answer is never selected.
+class only). `source_balance` takes it within each source (consensus, justified) instead: their H
+can sit on different scales (the mean over sampled collaborator replies vs the justifier's one
+greedy reply), and one global cut then drops a whole source. Both combine (one quantile per
+source x class cell). An unparsable answer is never selected.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def _quantile(values: pd.Series, theta: float) -> float:
 
 
 def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses: pd.DataFrame,
-                         theta: float = 0.5, scope: str = "all", class_balance: bool = False) -> pd.DataFrame:
+                         theta: float = 0.5, scope: str = "all", class_balance: bool = False,
+                         source_balance: bool = False) -> pd.DataFrame:
     if not 0 < theta <= 1:
         raise ValueError(f"theta must be in (0, 1], got {theta}")
     if scope not in ("all", "justified"):
@@ -54,15 +58,17 @@ def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses
     df = pseudo_labels(votes, justified, responses)
     valid = df["answer"].notna() & df["H"].notna()
     pool = valid if scope == "all" else valid & (df["source"] == "justified")
-    groups = df.loc[pool, "answer"].unique() if class_balance else [None]
-    for cls in groups:
-        members = pool if cls is None else pool & (df["answer"] == cls)
+    # The cells a quantile is taken in: the whole pool, or one per class and/or per source.
+    keys = (["answer"] if class_balance else []) + (["source"] if source_balance else [])
+    if keys:
+        cell_of = pd.Series(list(zip(*(df[k] for k in keys))), index=df.index)
+        cells = [pool & cell_of.map(lambda x, c=c: x == c) for c in dict.fromkeys(cell_of[pool])]
+    else:
+        cells = [pool]
+    for members in cells:
         thr = _quantile(df.loc[members, "H"], theta)
-        target = valid if cls is None else valid & (df["answer"] == cls)
-        if scope == "justified":
-            target = target & (df["source"] == "justified")
-        df.loc[target, "threshold"] = thr
-        df.loc[target, "selected"] = df.loc[target, "H"] <= thr + 1e-12
+        df.loc[members, "threshold"] = thr
+        df.loc[members, "selected"] = df.loc[members, "H"] <= thr + 1e-12
     if scope == "justified":
         keep = valid & (df["source"] == "consensus")
         df.loc[keep, "selected"] = True

@@ -78,7 +78,7 @@ def file_digest(*paths: str | Path) -> str:
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json"):
+            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_key.txt"):
                 continue  # timings inside these differ between identical runs
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
@@ -158,12 +158,10 @@ def answer_type_of(labeled: pd.DataFrame, cfg: SemiEvolConfig) -> str:
 
 
 # ---------------------------------------------------------------------------- 1 / 6. training
-def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]], out_dir: str | Path,
-                  init_adapter: str | Path | None = None, pseudo_labels: str | Path | None = None,
-                  unlabeled: str | Path | None = None) -> Path:
-    """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions)."""
-    from .training import train_lora
-
+def training_examples(tables: Sequence[tuple[str | Path, str]], pseudo_labels: str | Path | None = None,
+                      unlabeled: str | Path | None = None) -> pd.DataFrame:
+    """question/options/answer rows: the given labeled-kind tables, then the selected pseudo-labels
+    joined to their questions."""
     frames = [read_table(p, kind)[["question", "options", "answer"]] for p, kind in tables]
     if pseudo_labels is not None:
         pl = load_frame(pseudo_labels)
@@ -172,13 +170,45 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
         joined = qs.loc[pl["unlabeled_id"], ["question", "options"]].reset_index(drop=True)
         joined["answer"] = pl["answer"].to_list()
         frames.append(joined)
-    examples = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["question", "options", "answer"])
+
+
+def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]], out_dir: str | Path,
+                  init_adapter: str | Path | None = None, pseudo_labels: str | Path | None = None,
+                  unlabeled: str | Path | None = None) -> Path:
+    """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions).
+    An adapter already in `out_dir` whose train_key.txt matches these inputs is returned as is."""
+    from .training import train_lora
+
+    examples = training_examples(tables, pseudo_labels, unlabeled)
     if examples.empty:
         raise ValueError("nothing to train on: no labeled rows and no selected pseudo-labels")
+    out_dir = Path(out_dir)
+    key = training_key(cfg, examples, init_adapter)
+    key_file = out_dir / TRAIN_KEY_FILE
+    if key_file.exists() and key_file.read_text().strip() == key:
+        return out_dir  # this adapter was trained on exactly these inputs: resume, do not retrain
+    # Any adapter already there came from other inputs: it is replaced (atomically) below.
+    unload_backends()  # the training copy of the model need not share RAM with the inference copy
     result = train_lora(cfg.model, examples, out_dir, cfg.train,
                         init_adapter=str(init_adapter) if init_adapter else None,
                         progress=cfg.execution.progress)
+    key_file.write_text(key + "\n")
     return Path(result.adapter_dir)
+
+
+TRAIN_KEY_FILE = "train_key.txt"
+
+
+def training_key(cfg: SemiEvolConfig, examples: pd.DataFrame, init_adapter: str | Path | None) -> str:
+    """What an adapter depends on: model, TrainConfig, the exact examples (in order) and the starting
+    adapter's weights. Execution settings (threads, progress) are left out."""
+    h = hashlib.sha256()
+    h.update(CODE_VERSION.encode())
+    h.update(cfg.result_key("model", "train").encode())
+    h.update(examples[["question", "options", "answer"]].to_json(orient="values").encode())
+    h.update(file_digest(init_adapter).encode() if init_adapter else b"-")
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- 2. in-context propagation
@@ -286,7 +316,8 @@ def justify_step(cfg: SemiEvolConfig, votes: str | Path, responses: str | Path, 
 def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,
                 out: str | Path) -> Path:
     df = select_pseudo_labels(load_frame(votes), load_frame(justified), load_frame(responses),
-                              theta=cfg.theta, scope=cfg.selection_scope, class_balance=cfg.class_balance)
+                              theta=cfg.theta, scope=cfg.selection_scope, class_balance=cfg.class_balance,
+                              source_balance=cfg.source_balance)
     return save_frame(df, out)
 
 

@@ -35,7 +35,7 @@ EMBED_FIELDS = ("embedder",)
 RETRIEVE_FIELDS = ("k_demos",)
 COLLECT_FIELDS = ("knn_collaborator",)
 JUSTIFY_FIELDS = ("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed")
-FILTER_FIELDS = ("theta", "selection_scope", "class_balance")
+FILTER_FIELDS = ("theta", "selection_scope", "class_balance", "source_balance")
 EVAL_FIELDS = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos",
                "bootstrap_samples", "seed")
 

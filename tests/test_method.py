@@ -118,6 +118,16 @@ def test_selection_keeps_the_theta_quantile_of_H_and_never_unparsed():
     bal = select_pseudo_labels(votes, justified.iloc[:0], resp, theta=0.5, class_balance=True)
     kept = bal[bal["selected"]]["answer"].value_counts().to_dict()
     assert kept == {"A": 2, "B": 2}
+    # Source balance: consensus and justified each keep their own lower half, whatever the scales.
+    far = justified.assign(H=[5.0, 1.0, 6.0])  # justified H all above every consensus H
+    glob = select_pseudo_labels(votes, far, resp, theta=0.5).set_index("unlabeled_id")
+    assert not glob.loc[["j1", "j3"], "selected"].any()  # one global cut drops the whole source
+    src = select_pseudo_labels(votes, far, resp, theta=0.5, source_balance=True).set_index("unlabeled_id")
+    assert set(src.index[src["selected"]]) == {"c0", "c1", "c2", "j1"}
+    assert src.loc["j1", "threshold"] == pytest.approx(5.5) and src.loc["c0", "threshold"] == pytest.approx(0.25)
+    both = select_pseudo_labels(votes, far, resp, theta=0.5, source_balance=True, class_balance=True)
+    assert both.groupby(["source", "answer"])["threshold"].nunique().eq(1).all()
+    assert set(both[both["selected"]]["unlabeled_id"]) == {"c1", "c3", "c0", "c2", "j1", "j3"}
     with pytest.raises(ValueError):
         select_pseudo_labels(votes, justified, resp, theta=0)
 
@@ -208,3 +218,20 @@ def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_p
     # knn_vote on this synthetic data is strong: neighbours share the verb that sets the label.
     assert report["systems"]["knn_vote"]["accuracy"] >= 0.5
     assert not math.isnan(report["mcnemar_p_semievol_vs_sft"])
+    # Re-run: both adapters are re-used (their train_key.txt matches the inputs), nothing retrains.
+    def stamps():
+        return {a: (out / a / "adapter_model.safetensors").stat().st_mtime_ns
+                for a in ("warm_adapter", "semievol_adapter")}
+    before = stamps()
+    again = run_semievol(sentiment_dataset, out, cfg)
+    assert stamps() == before and again["systems"] == report["systems"]
+    # Another learning rate: a different adapter, so the warm one is trained again.
+    cfg_lr = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 5e-4})})
+    run_semievol(sentiment_dataset, out, cfg_lr, systems=["sft"])
+    assert stamps()["warm_adapter"] != before["warm_adapter"]
+    # Only the systems asked for run: SFT alone trains the warm adapter and nothing else.
+    solo = run_semievol(sentiment_dataset, tmp_path / "solo", cfg, systems=["sft"])
+    assert set(solo["systems"]) == {"sft"} and solo["selection"] == {}
+    assert not (tmp_path / "solo" / "responses").exists() and not (tmp_path / "solo" / "semievol_adapter").exists()
+    with pytest.raises(ValueError, match="unknown systems"):
+        run_semievol(sentiment_dataset, tmp_path / "x", cfg, systems=["sft", "gpt5"])
