@@ -37,8 +37,6 @@ SEMIEVOL = Path(sys.executable).parent / "semievol"
 
 def build_dataset(work: Path, n_lab: int, n_unl: int, n_test: int, seed: int = 0) -> tuple[Path, Path]:
     """A dataset dir with n_lab/n_unl/n_test FPB rows, and an inbox file with 10% more unlabeled rows."""
-    import pandas as pd
-
     from semievol_core.data import append_part, import_csv_dir, load_dataset, write_table
 
     full = HERE / "runs" / "data" / "fpb"

@@ -27,7 +27,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from .propagation import knn_label_vote, retrieve_neighbors
 from .prompts import Demo
 from .selection import select_pseudo_labels
 from .voting import vote
+
+if TYPE_CHECKING:
+    from .embed import Embedder
 
 CODE_VERSION = "1"  # bump when a step's output for the same inputs changes
 
@@ -108,10 +111,28 @@ def get_backend(cfg: SemiEvolConfig) -> Backend:
     return _BACKENDS[key]
 
 
+_EMBEDDERS: dict[str, "Embedder"] = {}
+
+
+def get_embedder(cfg: SemiEvolConfig) -> "Embedder":
+    """The process's sentence embedder: loaded once for the labeled, unlabeled and test tables."""
+    from .embed import Embedder
+
+    if cfg.embedder not in _EMBEDDERS:
+        _EMBEDDERS[cfg.embedder] = Embedder(cfg.embedder)
+    emb = _EMBEDDERS[cfg.embedder]
+    emb.progress = cfg.execution.progress
+    return emb
+
+
 def unload_backends() -> None:
+    """Free every loaded inference model (backends and embedders) of this process."""
     for b in _BACKENDS.values():
         b.unload()
     _BACKENDS.clear()
+    for e in _EMBEDDERS.values():
+        e.unload()
+    _EMBEDDERS.clear()
 
 
 # ---------------------------------------------------------------------------- data
@@ -213,10 +234,8 @@ def training_key(cfg: SemiEvolConfig, examples: pd.DataFrame, init_adapter: str 
 
 # ---------------------------------------------------------------------------- 2. in-context propagation
 def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
-    from .embed import Embedder
-
     df = read_table(table, kind)
-    vecs = Embedder(cfg.embedder, progress=cfg.execution.progress).embed(df["question"].tolist())
+    vecs = get_embedder(cfg).embed(df["question"].tolist())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.npy")

@@ -235,6 +235,20 @@ def test_concurrency_is_bounded_and_order_kept():
     assert srv.max_inflight == 2
 
 
+def test_a_failure_stops_the_requests_not_yet_sent():
+    # 40 chats, 2 at a time; the 3rd request gets a 400: the rest of the batch must not be sent.
+    steps = [Step(200, chat_body(), delay=0.05)] * 2 + [Step(400, {"error": {"message": "no such adapter"}})] + \
+            [Step(200, chat_body(), delay=0.05)]
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(40)]
+    with ScriptedServer(steps) as srv:
+        with pytest.raises(BackendRequestError, match="no such adapter"):
+            fast_backend(srv.url, concurrency=2).generate(chats, Sampling())
+        sent = len(srv.requests)
+        time.sleep(0.3)  # nothing keeps trickling in after the call returned
+        assert len(srv.requests) == sent
+    assert sent <= 5
+
+
 def test_missing_logprobs_is_an_error():
     body = chat_body()
     body["choices"][0]["logprobs"] = None

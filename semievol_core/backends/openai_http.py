@@ -40,7 +40,7 @@ import math
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -235,9 +235,20 @@ class OpenAIBackend(Backend):
         return adapter  # already a served name (e.g. `--lora-modules r1=...` and adapter="r1")
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        """fn over items, at most `concurrency` at a time, results in item order. The first failure
+        cancels every request not yet sent (a batch of thousands does not keep hitting a server
+        that already said no) and is raised once the requests in flight have returned."""
         if len(items) <= 1:  # no thread hop for the common single-chat call
             return [fn(item) for item in items]
-        return list(self._executor().map(fn, items))
+        futures = [self._executor().submit(fn, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            wait([f for f in futures if not f.cancelled()])
+            raise failed[0].exception()
+        return [f.result() for f in futures]
 
     # ---- public ---------------------------------------------------------------------------
 
