@@ -45,6 +45,9 @@ class ExecutionConfig(BaseModel):
     concurrency: int = 8
     threads: int | None = None
     shard_size: int = 128  # unlabeled questions per cached generation shard
+    # Training memory: recompute activations in the backward pass (same adapter, ~1.3x compute,
+    # a fraction of the activation RAM; see semievol_core.training.train_lora).
+    gradient_checkpointing: bool = False
     progress: bool = True
 
 

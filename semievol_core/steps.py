@@ -213,7 +213,8 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
     unload_backends()  # the training copy of the model need not share RAM with the inference copy
     result = train_lora(cfg.model, examples, out_dir, cfg.train,
                         init_adapter=str(init_adapter) if init_adapter else None,
-                        progress=cfg.execution.progress)
+                        progress=cfg.execution.progress, threads=cfg.execution.threads,
+                        gradient_checkpointing=cfg.execution.gradient_checkpointing)
     key_file.write_text(key + "\n")
     return Path(result.adapter_dir)
 

@@ -329,14 +329,18 @@ def train_lora(
     progress: bool = True,
     threads: int | None = None,
     dataloader_workers: int = 0,
+    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter of `model` on `examples` and save it to `out_dir` (replaced if present).
 
     `model`: a name or directory for `resolve_model`. `examples`: DataFrame with question, options
     (list, JSON list string or None) and answer (letter, option text, or free text without options).
     `init_adapter`: an adapter directory loaded as trainable and trained on (its LoRA shape wins over
-    cfg's). `progress`, `threads` (torch CPU threads; None leaves the setting alone) and
-    `dataloader_workers` only affect speed and display.
+    cfg's). `progress`, `threads` (torch CPU threads; None leaves the setting alone),
+    `dataloader_workers` and `gradient_checkpointing` only affect speed, memory and display. The
+    latter keeps one tensor per layer and recomputes the rest in the backward pass: activation
+    memory falls from ~1 MB to ~0.1 MB per token for SmolLM2-135M at ~1.3x the compute
+    (non-reentrant checkpointing replays the dropout RNG, so the adapter is the same).
     """
     cfg = cfg or TrainConfig()
     check_examples(examples)
@@ -408,6 +412,8 @@ def train_lora(
                 prediction_loss_only=True,
                 bf16=bf16,
                 use_cpu=not use_cuda,
+                gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
             )
             trainer = Trainer(
                 model=peft_model, args=args, data_collator=PadCollator(pad_id),

@@ -186,6 +186,18 @@ def test_same_seed_same_adapter(trained, sharp_model_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(trained, sharp_model_dir, tmp_path):
+    import torch
+
+    _, cfg, res = trained
+    ckpt = train_lora(str(sharp_model_dir), make_examples(20), tmp_path / "ckpt", cfg, progress=False,
+                      gradient_checkpointing=True)
+    a, b = lora_tensors(res.adapter_dir), lora_tensors(ckpt.adapter_dir)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # same math, same dropout masks
+    assert ckpt.best_val_loss == pytest.approx(res.best_val_loss, rel=1e-4)
+
+
 def test_continue_from_adapter_starts_from_its_weights(trained, sharp_model_dir, tmp_path):
     import torch
 
