@@ -12,7 +12,7 @@ with the `fpb-small` configuration:
   theta   after that, the same command with --theta 0.3.
 For each: wall time and its ratio to the cold run, the generation step's time (report.json's
 per-step timings) and its ratio to the cold one, and how many questions were generated (rows of the
-shard files that run wrote). The runs talk to the Prefect server in PREFECT_API_URL when set,
+shard files that run wrote), and the peak RSS of the largest `semievol` process so far. The runs talk to the Prefect server in PREFECT_API_URL when set,
 otherwise each starts Prefect's temporary local server (that start-up is in its wall time).
 Writes bench/results/incremental.json.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -77,12 +78,15 @@ def run_case(args: list[str], run_dir: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"semievol {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    # Peak RSS of the largest child so far (Linux ru_maxrss: KiB); the cold run sets it.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     after = shard_rows(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     timings = report["timings"]
     return {"wall_s": round(wall, 1), "generation_s": round(timings.get("generate", 0.0), 2),
             "rows_generated": sum(n for name, n in after.items() if name not in before),
-            "timings": timings, "n_unlabeled": report["selection"]["n_unlabeled"]}
+            "timings": timings, "n_unlabeled": report["selection"]["n_unlabeled"],
+            "children_peak_rss_mb": round(peak)}
 
 
 def main() -> None:
