@@ -1,12 +1,13 @@
 """Training benchmark: the project's LoRA trainer vs TRL's SFTTrainer, same data, same run.
 
-    .venv/bin/python bench/training.py                 # FPB labeled split, 1 epoch each (~12 min)
-    .venv/bin/python bench/training.py --rows 128      # quicker
+    .venv/bin/python bench/training.py                 # 256 FPB labeled rows, 1 epoch each (~15 min)
+    .venv/bin/python bench/training.py --rows 0        # all 452 rows
 
 Both train the same LoRA (r 16, alpha 32, dropout 0.05, all linear layers) of SmolLM2-135M-Instruct
 in float32 on the CPU, on the same FPB labeled rows, with the same optimisation (lr 1e-3, cosine,
 10% warm-up, batch 8, 1 epoch, seed 0), loss on the answer only:
 - `project`: semievol_core.training.train_lora (left padding, logits for the target columns only);
+- `project_ckpt`: the same with `gradient_checkpointing=True` (the memory knob: same adapter);
 - `trl`: trl.SFTTrainer with its defaults otherwise (conversational prompt-completion rows, its
   collator, completion-only loss, gradient checkpointing on as TRL ships it; bf16 off: CPU).
 Each runs in its own subprocess, so its peak RSS is its own. tokens/s counts every non-padding
@@ -34,6 +35,7 @@ SHARED = ROOT.parent / "shared" / "datasets" / "semievol"
 MODEL = "smollm2-135m-instruct"
 LR, EPOCHS, BATCH, WARMUP, SEED = 1e-3, 1, 8, 0.1, 0
 LAST_STEPS = 10  # final loss = mean train loss over this many last steps
+TRAINERS = ("project", "project_ckpt", "trl")
 
 
 def load_rows(n: int | None):
@@ -50,13 +52,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_project(df) -> dict:
+def run_project(df, gradient_checkpointing: bool = False) -> dict:
     from semievol_core.training import TrainConfig, train_lora
 
     cfg = TrainConfig(epochs=EPOCHS, learning_rate=LR, batch_size=BATCH, warmup_ratio=WARMUP, seed=SEED,
                       val_fraction=0.0, early_stopping_patience=None, lr_scheduler="cosine")
     with tempfile.TemporaryDirectory() as tmp:
-        res = train_lora(MODEL, df, Path(tmp) / "adapter", cfg, progress=False)
+        res = train_lora(MODEL, df, Path(tmp) / "adapter", cfg, progress=False,
+                         gradient_checkpointing=gradient_checkpointing)
         curve = json.loads((Path(tmp) / "adapter" / "loss_curve.json").read_text())
     losses = [s["loss"] for s in curve["train"]]
     return {"tok_s": res.tokens_per_s, "final_loss": sum(losses[-LAST_STEPS:]) / len(losses[-LAST_STEPS:]),
@@ -108,7 +111,7 @@ def worker(trainer: str, rows: int | None) -> None:
     torch.manual_seed(SEED)
     df = load_rows(rows)
     t0 = time.perf_counter()
-    out = run_project(df) if trainer == "project" else run_trl(df)
+    out = run_trl(df) if trainer == "trl" else run_project(df, gradient_checkpointing=trainer == "project_ckpt")
     out.update(trainer=trainer, wall_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(peak_rss_mb()),
                rows=len(df))
     print("RESULT " + json.dumps(out), flush=True)
@@ -116,33 +119,39 @@ def worker(trainer: str, rows: int | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=None, help="sample this many labeled rows (default: all)")
-    ap.add_argument("--worker", choices=["project", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=int, default=256, help="sample this many labeled rows (0: all 452)")
+    ap.add_argument("--trainers", default=",".join(TRAINERS))
+    ap.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    rows = args.rows or None
     if args.worker:
-        return worker(args.worker, args.rows)
+        return worker(args.worker, rows)
     from quality import machine
 
     records = []
-    for trainer in ("project", "trl"):
-        cmd = [sys.executable, __file__, "--worker", trainer] + (["--rows", str(args.rows)] if args.rows else [])
+    for trainer in args.trainers.split(","):
+        cmd = [sys.executable, __file__, "--worker", trainer, "--rows", str(args.rows)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             sys.exit(f"{trainer} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         records.append(json.loads(line[len("RESULT "):]))
         print(f"{trainer}: {records[-1]}", flush=True)
-    proj, trl = records
-    summary = {"tok_s_ratio_project_over_trl": proj["tok_s"] / trl["tok_s"],
-               "final_loss_rel_diff": (proj["final_loss"] - trl["final_loss"]) / trl["final_loss"],
-               "rss_ratio_project_over_trl": proj["peak_rss_mb"] / trl["peak_rss_mb"]}
+    by = {r["trainer"]: r for r in records}
+    summary = {}
+    for name in ("project", "project_ckpt"):
+        if name in by and "trl" in by:
+            p, t = by[name], by["trl"]
+            summary[name] = {"tok_s_ratio_over_trl": p["tok_s"] / t["tok_s"],
+                             "final_loss_rel_diff_vs_trl": (p["final_loss"] - t["final_loss"]) / t["final_loss"],
+                             "rss_ratio_over_trl": p["peak_rss_mb"] / t["peak_rss_mb"]}
     print("| trainer | tok/s | final loss | peak RSS MB | steps | wall s |\n|---|---:|---:|---:|---:|---:|")
     for r in records:
         print(f"| {r['trainer']} | {r['tok_s']:.0f} | {r['final_loss']:.4f} | {r['peak_rss_mb']} | {r['steps']} | {r['wall_s']} |")
     print(json.dumps(summary, indent=2))
     out = HERE / "results" / "training.json"
     out.write_text(json.dumps({"machine": machine(), "settings": {"model": MODEL, "lr": LR, "epochs": EPOCHS,
-                                                                   "batch": BATCH, "warmup": WARMUP, "rows": proj["rows"]},
+                                                                   "batch": BATCH, "warmup": WARMUP, "rows": records[0]["rows"]},
                                "records": records, **summary}, indent=2))
 
 
