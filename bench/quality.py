@@ -56,7 +56,22 @@ def merge_records(path: Path, new: list[dict], keys=("dataset", "system")) -> li
     return sorted(records, key=lambda r: tuple(str(r[k]) for k in keys))
 
 
-def markdown(records: list[dict], notes: dict) -> str:
+def pseudo_table(pseudo: dict) -> list[str]:
+    """Pseudo-label statistics of the runs that stopped after selection (ablations, variants)."""
+    if not pseudo:
+        return []
+    lines = ["## Pseudo-labels (runs stopped after selection)", "",
+             "| run | overrides | selected / all | selected accuracy % | all accuracy % | consensus | classes kept |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    for name, st in sorted(pseudo.items()):
+        lines.append(f"| {name} | {' '.join(st.get('overrides', []))} | {st['n_selected']} / {st['n_unlabeled']} | "
+                     f"{pct(st.get('pseudo_label_accuracy'))} | {pct(st.get('pseudo_label_accuracy_all'))} | "
+                     f"{st['n_consensus']} | {st.get('selected_class_counts')} |")
+    return lines + [""]
+
+
+def markdown(records: list[dict], notes: dict, pseudo: dict | None = None) -> str:
     lines = ["# Quality: test accuracy (SmolLM2-135M-Instruct, CPU)", "",
              "| dataset | system | accuracy % | 95% CI | n_test | n_labeled | n_unlabeled_used | wall s |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
@@ -68,7 +83,7 @@ def markdown(records: list[dict], notes: dict) -> str:
     for ds, note in sorted(notes.items()):
         lines.append(f"**{ds}**: {note}")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + pseudo_table(pseudo or {}))
 
 
 def apply_overrides(data: dict, pairs: list[str]) -> dict:
@@ -142,6 +157,7 @@ def main() -> None:
         pseudo = {**prev.get("pseudo_labels", {}),
                   name: {**sel, "overrides": args.set, "wall_s": round(total, 1)}}
         out.write_text(json.dumps({**prev, "pseudo_labels": pseudo}, indent=2))
+        (RESULTS / "quality.md").write_text(markdown(prev.get("records", []), prev.get("notes", {}), pseudo))
         print(json.dumps(pseudo[name], indent=2))
         return
     t = report["timings"]
@@ -168,10 +184,14 @@ def main() -> None:
         f"{sel.get('pseudo_label_accuracy')}, all pseudo-labels {sel.get('pseudo_label_accuracy_all')}; "
         f"McNemar p (semievol vs sft) = {report.get('mcnemar_p_semievol_vs_sft')}; timings {t}")
     records = merge_records(out, records)
+    pseudo = prev.get("pseudo_labels", {})
+    if sel:
+        pseudo[name] = {**sel, "overrides": args.set, "wall_s": round(total, 1)}
     out.write_text(json.dumps({**prev, "machine": machine(), "records": records, "notes": notes,
+                               "pseudo_labels": pseudo,
                                "configs": {**prev.get("configs", {}), name: cfg.result_fields()}},
                               indent=2))
-    (RESULTS / "quality.md").write_text(markdown(records, notes))
+    (RESULTS / "quality.md").write_text(markdown(records, notes, pseudo))
     print(markdown([r for r in records if r["dataset"] == args.dataset], {}))
     print(notes[name])
 
