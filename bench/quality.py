@@ -174,7 +174,10 @@ def main() -> None:
                         "accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
                         "n_test": m["n"], "n_labeled": n_lab,
                         "n_unlabeled_used": n_unl if system == "semievol" else 0,
-                        "model": cfg.model, "wall_s": round(wall, 1)})
+                        "model": cfg.model, "wall_s": round(wall, 1),
+                        # An adapter re-used from disk (train_key.txt matched) cost nothing this run.
+                        "adapter_reused": {"sft": t.get("train_warm", 1) < 1,
+                                           "semievol": t.get("train_final", 1) < 1}.get(system, False)})
     prev = json.loads(out.read_text()) if out.exists() else {}
     notes = prev.get("notes", {})
     sel = report["selection"]
