@@ -57,10 +57,10 @@ def merge_records(path: Path, new: list[dict], keys=("dataset", "system")) -> li
 
 
 def pseudo_table(pseudo: dict) -> list[str]:
-    """Pseudo-label statistics of the runs that stopped after selection (ablations, variants)."""
+    """Pseudo-label statistics per run (full runs and --pseudo-only ablations)."""
     if not pseudo:
         return []
-    lines = ["## Pseudo-labels (runs stopped after selection)", "",
+    lines = ["## Pseudo-labels per run (selected = kept by adaptive selection)", "",
              "| run | overrides | selected / all | selected accuracy % | all accuracy % | consensus | classes kept |",
              "|---|---|---:|---:|---:|---:|---|"]
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731
