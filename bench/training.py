@@ -12,8 +12,10 @@ in float32 on the CPU, on the same FPB labeled rows, with the same optimisation 
   collator, completion-only loss, gradient checkpointing on as TRL ships it; bf16 off: CPU).
 Each runs in its own subprocess, so its peak RSS is its own. tokens/s counts every non-padding
 token fed forward and backward (prompt + answer) per second of `train()`; the final loss is the mean
-train loss of the last 10 optimizer steps (both trainers log every step). Writes
-bench/results/training.json.
+train loss of the last 10 optimizer steps (both trainers log every step). Compare losses per
+answer, not per token: TRL's completion is `Answer: X<|im_end|>\n` (5 tokens, the template's
+newline included, predicted at ~0 loss), the project's target `Answer: X<|im_end|>` (4), so TRL's
+token mean is ~4/5 of the same fit (training.json's `loss_note`). Writes bench/results/training.json.
 """
 
 from __future__ import annotations
