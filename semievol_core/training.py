@@ -413,8 +413,8 @@ def train_lora(
                 prediction_loss_only=True,
                 bf16=bf16,
                 use_cpu=not use_cuda,
-                gradient_checkpointing=gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+                activation_checkpointing=gradient_checkpointing,
+                activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
             )
             trainer = Trainer(
                 model=peft_model, args=args, data_collator=PadCollator(pad_id),
