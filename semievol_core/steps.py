@@ -82,7 +82,7 @@ def file_digest(*paths: str | Path) -> str:
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_key.txt"):
-                continue  # timings inside these differ between identical runs
+                continue  # run metadata (timings, the training key), not the content itself
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
