@@ -60,11 +60,7 @@ def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses
     pool = valid if scope == "all" else valid & (df["source"] == "justified")
     # The cells a quantile is taken in: the whole pool, or one per class and/or per source.
     keys = (["answer"] if class_balance else []) + (["source"] if source_balance else [])
-    if keys:
-        cell_of = pd.Series(list(zip(*(df[k] for k in keys))), index=df.index)
-        cells = [pool & cell_of.map(lambda x, c=c: x == c) for c in dict.fromkeys(cell_of[pool])]
-    else:
-        cells = [pool]
+    cells = df[pool].groupby(keys, sort=False).groups.values() if keys else [df.index[pool]]
     for members in cells:
         thr = _quantile(df.loc[members, "H"], theta)
         df.loc[members, "threshold"] = thr
