@@ -118,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     ig = sub.add_parser("ingest", help="add unlabeled log files from an inbox to a dataset",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="example:\n  semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices\n\n"
-                               "Files: .jsonl, .csv, .parquet. Processed files move to INBOX/processed/, unreadable\n"
-                               "ones to INBOX/rejected/; bad rows go to DIR/quarantine/ with their reasons.")
+                               "Files: .jsonl, .csv, .parquet. Processed files move to INBOX/processed/; other\n"
+                               "files, and files with no usable row, to INBOX/rejected/ with a reason (exit 2).\n"
+                               "Bad rows go to DIR/quarantine/ with their reasons; test questions and\n"
+                               "answer-revealing columns are kept out (a note says so).")
     ig.add_argument("inbox", help="directory of new files")
-    ig.add_argument("--into", required=True, metavar="DIR", help="dataset directory")
+    ig.add_argument("--into", required=True, metavar="DIR", help="dataset directory (with labeled.parquet)")
     ig.add_argument("--map", type=_mapping, default=None, metavar="FIELD=COLUMN,...",
                     help="our field (id, question, options) = the files' column")
 
@@ -172,7 +174,7 @@ def _validation_line(exc: Exception) -> str:
 def _validate_dataset(data: Path) -> None:
     """Check every table row by row before starting Prefect: a bad file is then one line naming
     the user's file, row and column, not a failed flow run quoting the run directory's copy."""
-    from semievol_core.data import load_dataset, read_table, validate_table
+    from semievol_core.data import check_forms, load_dataset, read_table, validate_table
 
     ds = load_dataset(data)  # schemas, readable files, unique ids
     if len(ds.labeled) == 0:
@@ -183,6 +185,7 @@ def _validate_dataset(data: Path) -> None:
         tables.append((data / "oracle.parquet", "oracle"))
     for path, kind in tables:
         validate_table(read_table(path, kind), kind, path)
+    check_forms(data)  # e.g. an ingested row without options in a multiple-choice dataset
 
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
@@ -273,24 +276,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ingest(args) -> int:
+    """Exit 2 when a file was rejected (one `semievol: error:` line per file): a file nothing could
+    be taken from is the user's to fix, even though the others went in."""
+    from semievol_core.ingest import require_dataset
+
+    if not Path(args.inbox).is_dir():
+        raise UserError(f"{args.inbox}: inbox directory not found")
+    require_dataset(args.into)  # before Prefect starts: nothing is created in a wrong --into
+
     from flows.ingest import ingest
 
     _quiet_console(args.debug)
 
-    if not Path(args.inbox).is_dir():
-        raise UserError(f"{args.inbox}: inbox directory not found")
-    if not Path(args.into).is_dir():
-        raise UserError(f"{args.into}: dataset directory not found")
     summary = ingest(inbox=args.inbox, data_dir=args.into, mapping=args.map)
     for r in summary["files"]:
         print(f"{r['file']}: {r['status']}, {r['added']} added, {r['already_present']} already present, "
-              f"{r['quarantined']} quarantined")
+              f"{r['overlaps_test']} in the test set, {r['quarantined']} quarantined")
+        for note in r["notes"]:
+            print(f"  note: {note}")
     print(f"{summary['added']} row(s) added to {Path(args.into) / 'unlabeled'}")
-    if summary["rejected"]:
-        reasons = "; ".join(r["error"] for r in summary["files"] if r["status"] == "rejected")
-        raise UserError(f"{len(summary['rejected'])} file(s) rejected (moved to {Path(args.inbox) / 'rejected'}): "
-                        f"{reasons}")
-    return 0
+    rejected = [r for r in summary["files"] if r["status"] == "rejected"]
+    for r in rejected:
+        print(f"semievol: error: {r['file']} rejected (moved to {r['moved_to']}): {r['error']}", file=sys.stderr)
+    return 2 if rejected else 0
 
 
 def cmd_import_csv(args) -> int:

@@ -1,19 +1,24 @@
 """Helpers the flows share: running a task as a timed, cache-checked step; artifacts; parameters.
 
     runner = StepRunner(out_dir, logger)
-    res = runner.run("vote", vote, responses=..., out=...)   # {"path", "digest", ...}
-    runner.timings        # {"vote": 0.01}  (a cache hit costs ~0)
+    res = runner.run("vote", vote, responses=..., out=...)   # {"path", "digest", "seconds", ...}
+    runner.run("generate", generate, name="generate-3/11", ...)  # task run named for the UI
+    runner.timings        # {"vote": 0.01}  wall time in this run (a cache hit costs ~0)
     runner.cached         # steps answered from the cache
+    runner.cached_seconds # {"vote": 4.2}  what the cached steps took when they were computed
 
     publish_accuracy(systems, key="semievol-accuracy")  # table artifact, one row per system
+
+    @flow(flow_run_name=run_name("evolve", "data_dir"))  # runs called evolve-2026-11-25-fpb
 """
 
 from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import Task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,6 +27,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.common import output_intact
 
 CACHE_DIR = ".prefect-cache"  # under the run directory: cache entries live and die with outputs
+
+
+def run_name(flow: str, parameter: str) -> Callable[[], str]:
+    """A flow_run_name callable: `<flow>-<UTC date>-<last part of the path in `parameter`>`, so
+    the UI's run list reads "evolve-2026-11-25-fpb" rather than Prefect's random adjective-animal."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        value = str(flow_run.parameters.get(parameter) or "")
+        path = Path(value)
+        label = (path.parent.name if path.suffix else path.name) or "run"  # data/fpb/test.parquet -> fpb
+        return f"{flow}-{datetime.now(timezone.utc):%Y-%m-%d}-{label}"
+
+    return name
 
 
 class RunLimits(BaseModel):
@@ -43,16 +63,19 @@ class StepRunner:
         self.logger = logger
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
+        self.cached_seconds: dict[str, float] = {}
         self.executed: list[str] = []
-        self._bound: dict[str, Task] = {}
+        self._bound: dict[tuple[str, str], Task] = {}
 
-    def _bind(self, task: Task) -> Task:
-        if task.name not in self._bound:
-            self._bound[task.name] = task.with_options(result_storage=self.storage)
-        return self._bound[task.name]
+    def _bind(self, task: Task, name: str) -> Task:
+        if (task.name, name) not in self._bound:
+            self._bound[task.name, name] = task.with_options(result_storage=self.storage,
+                                                             task_run_name=name)
+        return self._bound[task.name, name]
 
-    def run(self, step: str, task: Task, **kwargs: Any) -> Any:
-        bound = self._bind(task)
+    def run(self, step: str, task: Task, name: str | None = None, **kwargs: Any) -> Any:
+        """Run `task` as `step` (the timing key); its task run is called `name` (default: step)."""
+        bound = self._bind(task, name or step)
         t0 = time.perf_counter()
         state = bound(return_state=True, **kwargs)
         result = state.result()  # raises the task's exception if it failed
@@ -65,6 +88,8 @@ class StepRunner:
             result = bound.with_options(refresh_cache=True)(**kwargs)
             hit = False
         (self.cached if hit else self.executed).append(step)
+        if hit and isinstance(result, dict) and result.get("seconds") is not None:
+            self.cached_seconds[step] = round(self.cached_seconds.get(step, 0.0) + result["seconds"], 3)
         self.timings[step] = round(self.timings.get(step, 0.0) + time.perf_counter() - t0, 3)
         return result
 

@@ -23,10 +23,11 @@ from semievol_core.steps import save_json
 from tasks import method
 from tasks.common import ensure_gpu_limit
 
-from flows.common import StepRunner, publish_accuracy, publish_markdown
+from flows.common import StepRunner, publish_accuracy, publish_markdown, run_name
 
 
-@flow(name="evaluate", description="Accuracy of one model (+ adapter) on a test table.")
+@flow(name="evaluate", description="Accuracy of one model (+ adapter) on a test table.",
+      flow_run_name=run_name("evaluate", "test"))
 def evaluate(test: str, out_dir: str, model: str | None = None, adapter: str | None = None,
              config: SemiEvolConfig = SemiEvolConfig(), name: str = "model", limit: int | None = None) -> dict:
     log = get_run_logger()

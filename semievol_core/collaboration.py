@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -67,11 +67,15 @@ def generate_responses(
     warm_adapter: str | None,
     cfg: SemiEvolConfig,
     answer_type: str,
+    on_progress: Callable[[float], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per (question, collaborator sample): see RESPONSE_COLUMNS."""
+    """One row per (question, collaborator sample): see RESPONSE_COLUMNS. on_progress(fraction)
+    is called after each collaborator group (a group = one model and demo count)."""
     rows: list[tuple] = []
     groups = Counter(collaborators)
-    for collab, count in sorted(groups.items(), key=lambda kv: kv[0].name):
+    for done, (collab, count) in enumerate(sorted(groups.items(), key=lambda kv: kv[0].name), start=1):
+        if done > 1 and on_progress is not None:
+            on_progress((done - 1) / len(groups))
         adapter = warm_adapter if collab.model == "warm" else None
         if collab.model == "warm" and warm_adapter is None:
             raise ValueError("a warm collaborator needs the warm adapter")

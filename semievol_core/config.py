@@ -40,11 +40,13 @@ class ExecutionConfig(BaseModel):
     base_url: str | None = None  # OpenAI-compatible server (backend="openai")
     api_key: str | None = None
     served_model: str | None = None  # the server's name for the base model
-    batch_size: int = 16
-    token_budget: int = 16384
-    concurrency: int = 8
-    threads: int | None = None
-    shard_size: int = 128  # unlabeled questions per cached generation shard
+    # All at least 1: a 0 or negative value would only fail deep inside a run (shard_size 0 at
+    # generation, after warm training), so the config refuses it up front.
+    batch_size: int = Field(default=16, ge=1)
+    token_budget: int = Field(default=16384, ge=1)
+    concurrency: int = Field(default=8, ge=1)
+    threads: int | None = Field(default=None, ge=1)  # None: the library's default
+    shard_size: int = Field(default=128, ge=1)  # unlabeled questions per cached generation shard
     # Training memory: recompute activations in the backward pass. Same adapter; measured on FPB
     # (SmolLM2-135M, batch 8): peak RSS 5.2 -> 2.9 GB, 1.6x the training time.
     gradient_checkpointing: bool = False

@@ -6,6 +6,7 @@
     logs = read_records("logs.jsonl", {"question": "prompt", "options": "choices"}, "unlabeled")
     append_part(logs, "data/arc/unlabeled", "unlabeled")   # -> .../unlabeled/part-00001.parquet
     table_fingerprint("data/arc/unlabeled")          # sha256 hex; changes iff the bytes change
+    ingest_file("inbox/logs.jsonl", "data/arc")      # one inbox file -> next unlabeled part
 
 Layout of a dataset directory:
     labeled.parquet, test.parquet       id, question, options, answer, metadata
@@ -14,7 +15,9 @@ Layout of a dataset directory:
     quarantine.parquet  (optional)      rows an import skipped (skip_bad_rows=True), with reasons
 
 Every write is atomic (temp file in the same directory, then rename), so a crash never leaves a
-half-written table. Schemas, ids and row-number conventions: see semievol_core/schema.py.
+half-written table. Schemas, ids, row-number conventions and the rules every import shares (which
+columns give an answer away, multiple choice vs free-form): see semievol_core/schema.py.
+ingest_file() is the plain-Python body of the `ingest` Prefect task (tasks/ingest.py).
 """
 
 from __future__ import annotations
@@ -36,25 +39,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semievol_core.schema import (
-    ANSWER_REVEALING,
     QUESTION_KINDS,
     SCHEMAS,
     DataError,
     FieldError,
     Record,
     RowCollector,
+    answer_columns,
+    answer_note,
     check_answer,
+    check_form,
     check_id,
     check_metadata,
     content_id,
+    is_multiple_choice,
     jsonable,
     normalize_record,
+    parse_options,
     show,
 )
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 _FIELDS = ("id", "question", "options", "answer")
 _ID_COLUMNS = ("id", "question_id")  # id columns of the paper's CSVs (arc, mmlu_pro)
+# The csv module refuses fields over 128 KiB by default, a limit real questions (a pasted document)
+# can pass; 2**31 - 1 fits a C long on every platform (sys.maxsize does not on Windows).
+csv.field_size_limit(2**31 - 1)
 
 # ----------------------------------------------------------------------------- tables on disk
 
@@ -262,19 +272,38 @@ def load_dataset(data_dir: str | Path) -> Dataset:
 def split_oracle(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Labeled-shaped rows -> (unlabeled table, oracle table of the rows that had an answer).
 
-    Answer-revealing metadata keys (fpb `gt`, mmlu_pro `answer_index`/`cot_content`) are removed
-    from the unlabeled side too: the pipeline must not be able to peek.
+    Answer-revealing metadata keys (schema.answer_columns: fpb `gt`, `label`, a key equal to the
+    right option...) are removed from the unlabeled side too: the pipeline must not be able to
+    peek. The note saying which is in unlabeled.attrs["notes"].
     """
-    def strip(meta: str) -> str:
-        obj = json.loads(meta)
-        kept = {k: v for k, v in obj.items() if k not in ANSWER_REVEALING}
-        return json.dumps(kept, ensure_ascii=False)
-
+    metas = [json.loads(m) for m in df["metadata"]]
+    hidden = answer_columns(zip(df["options"], metas))
     unlabeled = df[["id", "question", "options", "metadata"]].copy()
-    unlabeled["metadata"] = [strip(m) for m in unlabeled["metadata"]]
+    unlabeled["metadata"] = [json.dumps({k: v for k, v in m.items() if k not in hidden},
+                                        ensure_ascii=False) for m in metas]
     has = df["answer"].notna() if "answer" in df.columns else pd.Series(False, index=df.index)
     oracle = df.loc[has, ["id", "answer"]].reset_index(drop=True)
-    return unlabeled.reset_index(drop=True), oracle
+    unlabeled = unlabeled.reset_index(drop=True)
+    unlabeled.attrs["notes"] = [answer_note(hidden)] if hidden else []
+    return unlabeled, oracle
+
+
+def check_forms(data_dir: str | Path) -> None:
+    """Every unlabeled and test row has the labeled rows' form (schema.check_form): DataError
+    naming the part file, row and column 'options' on the first that does not. evolve runs this
+    before any training, which would otherwise be spent before the odd row fails the run."""
+    d = Path(data_dir)
+    multiple_choice = is_multiple_choice(read_table(d / "labeled.parquet", "labeled")["options"])
+    if multiple_choice is None:
+        return
+    tables = [(part, "unlabeled") for part in _parts(d / "unlabeled")] if (
+        d / "unlabeled").is_dir() else []
+    for path, kind in tables + [(d / "test.parquet", "test")]:
+        for i, options in enumerate(read_table(path, kind)["options"], start=1):
+            try:
+                check_form(options, multiple_choice)
+            except FieldError as err:
+                raise DataError(path, i, err.column, err.message) from None
 
 # ----------------------------------------------------------------------------- source files
 
@@ -300,7 +329,8 @@ def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
     text = _read_text(path)
     if not text.strip():
         raise DataError(path, None, None, "file is empty (no header)")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open must be an error, not a field that swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     records: list[Record] = []
     try:
         header = next(reader)
@@ -317,7 +347,10 @@ def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
                 raw = {"fields": fields}
             records.append((len(records) + 1, raw, problem))
     except csv.Error as err:
-        raise DataError(path, len(records) + 1, None, f"malformed CSV: {err}") from None
+        # the reader stops inside the record where the quote opened: that is the row to name
+        hint = " (a quoted field opened on this row is never closed)" if (
+            "unexpected end of data" in str(err)) else ""
+        raise DataError(path, len(records) + 1, None, f"malformed CSV: {err}{hint}") from None
     return header, records
 
 
@@ -371,15 +404,19 @@ def _source_records(path: Path) -> tuple[list[str], list[Record]]:
 
 
 def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kind: str = "labeled",
-                 *, skip_bad_rows: bool = False) -> pd.DataFrame:
+                 *, skip_bad_rows: bool = False,
+                 multiple_choice: bool | None = None) -> pd.DataFrame:
     """Read a user's JSONL, CSV or Parquet file as a validated labeled/unlabeled/test table.
 
     mapping: our field -> the file's column, e.g. {"question": "prompt", "options": "choices",
     "answer": "label", "id": "uid"}; unmapped fields default to the same name. No id column ->
     content hash; no options column -> free-form. Other columns go into `metadata`. Options may be
-    a JSON-string list or a real list. Unlabeled records must not carry an answer (read them as
-    labeled and use split_oracle). Identical duplicates are dropped and counted in
-    df.attrs["duplicates"]; with skip_bad_rows, bad rows are listed in df.attrs["quarantine"].
+    a JSON-string list or a real list. multiple_choice: the form every row must have (the target
+    dataset's, schema.check_form); None accepts both. Unlabeled records must not carry an answer
+    (read them as labeled and use split_oracle), and columns that give it away under another name
+    (schema.answer_columns) are kept out of their metadata, said in df.attrs["notes"]. Identical
+    duplicates are dropped and counted in df.attrs["duplicates"]; with skip_bad_rows, bad rows
+    are listed in df.attrs["quarantine"].
     """
     if kind not in QUESTION_KINDS:
         raise ValueError(f"kind must be one of {QUESTION_KINDS}, not {kind!r}")
@@ -397,15 +434,37 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kin
             raise DataError(path, None, src, "unlabeled records must not carry answers; read "
                             "the file as 'labeled' and split the answers off with split_oracle()")
         required = name == "question" or (name == "answer" and kind != "unlabeled")
+        if not present and name == "options" and multiple_choice:
+            raise DataError(path, None, src, "missing required column (the dataset is "
+                            "multiple choice)")
         if not present and (required or name in mapping):
             raise DataError(path, None, src, "missing required column")
         columns[name] = src if present else None
+    hidden = _answer_columns(records, columns) if kind == "unlabeled" else {}
     collector = RowCollector(path, columns, skip_bad_rows)
-    collector.add(records, answer="none" if kind == "unlabeled" else "required")
+    collector.add(records, answer="none" if kind == "unlabeled" else "required",
+                  multiple_choice=multiple_choice, withhold=frozenset(hidden))
     df = _frame(collector.rows, SCHEMAS[kind].names)
     df.attrs["duplicates"] = collector.duplicates
     df.attrs["quarantine"] = collector.quarantine
+    df.attrs["notes"] = [answer_note(hidden)] if hidden else []
     return df
+
+
+def _answer_columns(records: list[Record], columns: Mapping[str, str | None]) -> dict[str, str]:
+    """schema.answer_columns over a file's records: the columns not mapped to one of our fields,
+    next to each readable row's options (unreadable options count as none)."""
+    used = {c for c in columns.values() if c}
+    ocol = columns.get("options")
+
+    def options(raw: Mapping[str, Any]) -> list[str] | None:
+        try:
+            return parse_options(raw.get(ocol), ocol) if ocol else None
+        except FieldError:
+            return None
+
+    return answer_columns((options(raw), {k: v for k, v in raw.items() if k not in used})
+                          for _, raw, problem in records if problem is None)
 
 # ----------------------------------------------------------------------------- paper CSV import
 
@@ -456,9 +515,10 @@ def _import_split(path: Path, split: str, skip_bad_rows: bool,
     # mmlu_pro repeats some questions verbatim under different question_ids: its own id keeps
     # them apart (a content hash would call them conflicting duplicates)
     columns["id"] = next((c for c in _ID_COLUMNS if c in header), None)
+    hidden = _answer_columns(records, columns) if unl else {}
     collector = RowCollector(path, columns, skip_bad_rows)
     collector.add(records, answer="optional" if unl else "required", numbered=True,
-                  options_required=True, withhold=ANSWER_REVEALING if unl else frozenset())
+                  multiple_choice=True, withhold=frozenset(hidden))
     summary.rows_read[split] = len(records)
     summary.duplicates += collector.duplicates
     where = f"{path.parent.name}/{path.name}"
@@ -470,10 +530,8 @@ def _import_split(path: Path, split: str, skip_bad_rows: bool,
                      "converted to letters")
     if columns["id"] not in (None, "id"):
         notes.append(f"ids taken from column {columns['id']}")
-    hidden = sorted((ANSWER_REVEALING - {"answer"}) & set(header)) if unl else []
     if hidden:
-        notes.append(f"answer-revealing column(s) {', '.join(hidden)} "
-                     "kept out of unlabeled metadata")
+        notes.append(answer_note(hidden))
     summary.notes += [f"{where}: {note}" for note in notes]
     return _frame(collector.rows, SCHEMAS["labeled"].names), collector.quarantine
 

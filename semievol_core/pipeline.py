@@ -51,7 +51,7 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
         labeled, unlabeled, test = d / "labeled.parquet", d / "unlabeled.parquet", d / "test.parquet"
         answer_type = steps.answer_type_of(read_table(labeled, "labeled"), cfg)
     if want_pseudo or "sft" in systems:
-        with timed("train_warm"):
+        with timed("train-warm"):
             warm = steps.train_adapter(cfg, [(labeled, "labeled")], out / "warm_adapter")
     if want_neighbors:
         with timed("embed"):
@@ -78,10 +78,11 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
         with timed("select"):
             pseudo = steps.select_step(cfg, votes, justified, responses, out / "pseudo_labels.parquet")
             oracle = d / "oracle.parquet"
-            selection = steps.selection_stats(pseudo, votes, oracle if oracle.exists() else None, answer_type)
+            selection = steps.selection_stats(pseudo, votes, oracle if oracle.exists() else None, answer_type,
+                                                unlabeled)
     final = None
     if "semievol" in systems:
-        with timed("train_final"):
+        with timed("train-final"):
             if cfg.final_training == "union":
                 final = steps.train_adapter(cfg, [(labeled, "labeled")], out / "semievol_adapter",
                                             pseudo_labels=pseudo, unlabeled=unlabeled)
@@ -91,12 +92,11 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
     results = {}
     adapters = {"sft": warm, "semievol": final}
     for system in systems:
-        with timed(f"evaluate_{system}"):
+        with timed(f"evaluate-{system}"):
             results[system] = steps.evaluate_system(
                 cfg, system, test, answer_type, out / "predictions" / f"{system}.parquet",
                 adapter=adapters.get(system), labeled=labeled, test_neighbors=test_nb)
     extra = {"answer_type": answer_type}
     if "sft" in results and "semievol" in results:
-        extra["mcnemar_p_semievol_vs_sft"] = steps.compare(out / "predictions" / "semievol.parquet",
-                                                           out / "predictions" / "sft.parquet")
+        extra.update(steps.verdict(out / "predictions", cfg))
     return write_report(out, cfg, results, selection or {}, timings, extra)

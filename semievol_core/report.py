@@ -1,10 +1,13 @@
 """The run report: report.json (machine-readable) and report.md (for people), same content.
 
-    write_report(out_dir, cfg, systems, selection, timings, extra={"mcnemar_semievol_vs_sft": p})
+    write_report(out_dir, cfg, systems, selection, timings, extra={"semievol_vs_sft": cmp},
+                 cached={"train-warm": 812.4})
+    verdict_line(cmp)   # "SemiEvol is better than SFT: +6.0 points (95% CI +2.0 to +10.0), McNemar p = 0.004 ..."
 
 report.json = {"config": {...}, "systems": {name: {accuracy, ci_low, ci_high, parse_failure_rate,
 n}}, "selection": {n_unlabeled, n_consensus, n_justified, n_selected, threshold,
-pseudo_label_accuracy, ...}, "timings": {step: seconds}, ...extra}
+pseudo_label_accuracy, ...}, "timings": {step: seconds in this run}, "cached_steps": {step: seconds
+it took when computed}, ...extra}. `semievol_vs_sft` in extra (steps.compare) becomes the verdict.
 """
 
 from __future__ import annotations
@@ -36,14 +39,38 @@ def selection_table(sel: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict_line(cmp: dict) -> str:
+    """One line: is SemiEvol better than SFT, by how much, how sure (steps.compare's dict)."""
+    word = "better" if cmp["better"] else "not better"
+    return (f"SemiEvol is {word} than SFT: {100 * cmp['difference']:+.1f} points "
+            f"(95% CI {100 * cmp['ci_low']:+.1f} to {100 * cmp['ci_high']:+.1f}), "
+            f"McNemar p = {cmp['mcnemar_p']:.3g}, on {cmp['n']} test questions")
+
+
+def timings_table(timings: dict, cached: dict | None = None) -> str:
+    """Wall seconds per step; a step answered from the cache shows what it took when computed."""
+    cached = cached or {}
+    lines = ["| step | seconds | |", "|---|---:|---|"]
+    for k, v in timings.items():
+        if k in cached:
+            lines.append(f"| {k} | {cached[k]:.1f} | cached (took {v:.1f} s in this run) |")
+        else:
+            lines.append(f"| {k} | {v:.1f} | |")
+    return "\n".join(lines)
+
+
 def render_markdown(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, selection: dict,
-                    timings: dict, extra: dict | None = None) -> str:
-    parts = [f"# SemiEvol run — `{out_dir}`", "", "## Test accuracy", "", systems_table(systems), ""]
-    for k, v in (extra or {}).items():
+                    timings: dict, extra: dict | None = None, cached: dict | None = None) -> str:
+    extra = dict(extra or {})
+    cmp = extra.pop("semievol_vs_sft", None)
+    parts = [f"# SemiEvol run — `{out_dir}`", ""]
+    if cmp is not None:
+        parts += [f"**{verdict_line(cmp)}.**", ""]
+    parts += ["## Test accuracy", "", systems_table(systems), ""]
+    for k, v in extra.items():
         parts.append(f"- **{k}**: {v}")
     parts += ["", "## Pseudo-label selection", "", selection_table(selection), "",
-              "## Step timings (s)", "", "| step | seconds |", "|---|---:|"]
-    parts += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+              "## Step timings", "", timings_table(timings, cached)]
     parts += ["", "## Outputs", "",
               "neighbors.parquet, responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet, "
               "predictions/, warm_adapter/, semievol_adapter/ — all under the run directory above.",
@@ -52,12 +79,12 @@ def render_markdown(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, sel
 
 
 def write_report(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, selection: dict,
-                 timings: dict, extra: dict | None = None) -> dict:
+                 timings: dict, extra: dict | None = None, cached: dict | None = None) -> dict:
     out_dir = Path(out_dir)
     report = {"config": cfg.model_dump(mode="json"), "systems": systems, "selection": selection,
-              "timings": timings, **(extra or {})}
+              "timings": timings, "cached_steps": cached or {}, **(extra or {})}
     save_json(report, out_dir / "report.json")
-    (out_dir / "report.md").write_text(render_markdown(out_dir, cfg, systems, selection, timings, extra),
+    (out_dir / "report.md").write_text(render_markdown(out_dir, cfg, systems, selection, timings, extra, cached),
                                        encoding="utf-8")
     (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     return report

@@ -17,6 +17,13 @@ position + 1. None means the whole file (a missing column, an unreadable or empt
 
 normalize_record() turns one source record into a table row; RowCollector does that for a whole
 file, dropping identical duplicates (counted) and quarantining or raising on bad rows.
+
+Rules every path shares (import-csv, ingest, evolve's checks), each defined once here:
+  - answer_columns(): which extra columns of unlabeled rows give the answer away (kept out of
+    metadata, with answer_note() saying so);
+  - is_multiple_choice() / check_form(): a dataset is multiple choice when every labeled row has
+    options, free-form when none has; its unlabeled and test rows must have the same form;
+  - line endings in questions and options are unified to "\n" (CRLF files get the same ids).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import string
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -56,9 +65,18 @@ SCHEMAS: dict[str, pa.Schema] = {
 KINDS = tuple(SCHEMAS)
 QUESTION_KINDS = ("labeled", "unlabeled", "test")
 
-# Extra columns of the paper's files that give the answer away (fpb `gt` is the answer's text,
-# mmlu_pro `cot_content` ends in "the answer is (X)"): never copied into unlabeled metadata.
-ANSWER_REVEALING = frozenset({"answer", "gt", "answer_index", "cot_content"})
+# Column names that carry a question's answer (fpb `gt` is the answer's text, mmlu_pro
+# `cot_content` ends in "the answer is (X)"), compared as snake_case lower case ("Ground Truth",
+# "groundTruth" -> ground_truth): never copied into unlabeled metadata, where an answer could reach
+# prompts or training.
+ANSWER_REVEALING = frozenset({
+    "answer", "answers", "answer_index", "answer_idx", "answer_key", "answer_text", "gt", "label",
+    "labels", "target", "targets", "gold", "gold_label", "cot_content", "correct", "correct_answer",
+    "solution", "solutions", "ground_truth", "explanation", "rationale",
+})
+# A column under another name whose value is an option's text or letter on this share of the rows
+# that have both (and at least this many rows, so a few coincidences do not count) is an answer too.
+ANSWER_MATCH_SHARE, ANSWER_MATCH_MIN_ROWS = 0.8, 5
 
 
 class DataError(ValueError):
@@ -113,6 +131,12 @@ def content_id(question: str, options: list[str] | None) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def unify_newlines(text: str) -> str:
+    """CRLF and lone CR -> LF: a CSV saved on Windows keeps "\r\n" inside quoted fields, and the
+    same question must get the same content id whichever file it came from."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def is_missing(value: Any) -> bool:
     """None, NaN (pandas' empty cell) and pd.NA count as missing."""
     if value is None:
@@ -159,7 +183,7 @@ def parse_options(value: Any, column: str = "options") -> list[str] | None:
         raise FieldError(column, "options list is empty (use null for a free-form question)")
     if len(value) > len(LETTERS):
         raise FieldError(column, f"{len(value)} options; at most {len(LETTERS)} (A-Z)")
-    return value
+    return [unify_newlines(item) for item in value]
 
 
 def check_answer(value: Any, options: list[str] | None, column: str = "answer",
@@ -191,7 +215,7 @@ def check_question(value: Any, column: str = "question") -> str:
         raise FieldError(column, f"question is not text: {show(value)}")
     if not value.strip():
         raise FieldError(column, "question is empty")
-    return value  # kept verbatim: its exact text is part of the content id
+    return unify_newlines(value)  # otherwise verbatim: its exact text is part of the content id
 
 
 def check_id(value: Any, column: str = "id") -> str:
@@ -218,21 +242,79 @@ def check_metadata(value: Any, column: str = "metadata") -> str:
     return value
 
 
+def is_multiple_choice(options: Iterable[list[str] | None]) -> bool | None:
+    """A dataset's form from its labeled rows' options: True if every row has options (multiple
+    choice), False if none has (free-form), None if mixed or empty (no rule to enforce)."""
+    has = {cell is not None for cell in options}
+    return has.pop() if len(has) == 1 else None
+
+
+def check_form(options: list[str] | None, multiple_choice: bool | None,
+               column: str = "options") -> None:
+    """FieldError if a row's form differs from its dataset's (see is_multiple_choice): the run
+    would otherwise fail on it only after warm training."""
+    if multiple_choice and options is None:
+        raise FieldError(column, "options are missing (the dataset is multiple choice)")
+    if multiple_choice is False and options is not None:
+        raise FieldError(column, "options given, but the dataset's questions are free-form")
+
+
+def _is_answer_name(name: str) -> bool:
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name))  # answerIndex -> answer_Index
+    return re.sub(r"[^0-9a-z]+", "_", snake.lower()).strip("_") in ANSWER_REVEALING
+
+
+def _is_option(value: Any, options: list[str]) -> bool:
+    """Is `value` one of the options, by text or by letter (case and outer spaces ignored)?"""
+    text = str(value).strip().casefold()
+    return text in {o.strip().casefold() for o in options} or (
+        text in {letter.casefold() for letter in LETTERS[: len(options)]})
+
+
+def answer_columns(rows: Iterable[tuple[list[str] | None, Mapping[str, Any]]]) -> dict[str, str]:
+    """Extra columns of unlabeled rows that give the answer away -> why. `rows` are (options,
+    extra columns) pairs. A column is named like an answer (ANSWER_REVEALING), or equals an
+    option's text or letter on ANSWER_MATCH_SHARE of at least ANSWER_MATCH_MIN_ROWS rows."""
+    named: dict[str, bool] = {}
+    both: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
+    for options, extra in rows:
+        for column, value in extra.items():
+            if column not in named:
+                named[column] = _is_answer_name(column)
+            if named[column] or options is None or is_missing(value) or (
+                    not isinstance(value, (str, int, float, bool))) or not str(value).strip():
+                continue  # only scalar values next to options can be compared
+            both[column] += 1
+            hits[column] += _is_option(value, options)
+    reasons = {c: "named like an answer" for c, is_named in named.items() if is_named}
+    for column, n in both.items():
+        if n >= ANSWER_MATCH_MIN_ROWS and hits[column] >= ANSWER_MATCH_SHARE * n:
+            reasons[column] = f"equals an option's text or letter on {hits[column]} of {n} rows"
+    return reasons
+
+
+def answer_note(reasons: Mapping[str, str]) -> str:
+    """The note saying which columns answer_columns() kept out, and why."""
+    listed = ", ".join(f"{c} ({why})" for c, why in sorted(reasons.items()))
+    return f"answer-revealing column(s) kept out of unlabeled metadata: {listed}"
+
+
 def normalize_record(raw: Mapping[str, Any], columns: Mapping[str, str | None], *,
-                     answer: str, numbered: bool = False, options_required: bool = False,
+                     answer: str, numbered: bool = False, multiple_choice: bool | None = None,
                      withhold: frozenset[str] = frozenset()) -> tuple[dict[str, Any], bool]:
     """One source record -> (row dict for our tables, answer-was-converted flag).
 
     `columns` maps our fields (id, question, options, answer) to source column names; a field
     mapped to None is absent (no id column -> content hash; no options -> free-form).
-    `answer` is "required", "optional" (blank -> None) or "none" (not read). Every other source
-    column, except those in `withhold`, goes into the metadata JSON object.
+    `answer` is "required", "optional" (blank -> None) or "none" (not read). `multiple_choice`
+    is the dataset's form (check_form; None: either). Every other source column, except those in
+    `withhold`, goes into the metadata JSON object.
     """
     question = check_question(raw.get(columns["question"]), columns["question"])
     ocol = columns.get("options")
     options = parse_options(raw.get(ocol), ocol) if ocol else None
-    if ocol and options_required and options is None:
-        raise FieldError(ocol, "options are missing")
+    check_form(options, multiple_choice, ocol or "options")
     row: dict[str, Any] = {}
     icol = columns.get("id")
     row["id"] = check_id(raw.get(icol), icol) if icol else content_id(question, options)

@@ -27,7 +27,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -152,13 +152,16 @@ def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 
 def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Limits(), seed: int = 0) -> Path:
-    """Copy (a seeded sample of) the dataset into the run: labeled, unlabeled, test, oracle."""
-    from .data import load_dataset
+    """Copy (a seeded sample of) the dataset into the run: labeled, unlabeled, test, oracle.
+    A row of another form than the labeled rows' (no options in a multiple-choice dataset) is a
+    DataError naming its part file and row here, before any training rather than after it."""
+    from .data import check_forms, load_dataset
 
     ds = load_dataset(data_dir)
     out = Path(out_dir)
     if len(ds.labeled) == 0:
         raise ValueError(f"{data_dir}: the labeled table is empty; the method needs labeled examples")
+    check_forms(data_dir)
     write_table(_sample(ds.labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
     write_table(_sample(ds.unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
     write_table(_sample(ds.test, limits.test, seed), out / "test.parquet", "test")
@@ -293,9 +296,10 @@ def collaborators_of(cfg: SemiEvolConfig):
 
 def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
                    neighbors: str | Path, warm_adapter: str | Path, shard_dir: str | Path,
-                   answer_type: str) -> Path:
+                   answer_type: str, on_progress: Callable[[float], None] | None = None) -> Path:
     """Responses of every collaborator for one shard of questions, written as one file named by
-    its generation key: a shard already on disk is not generated again (resume after a crash)."""
+    its generation key: a shard already on disk is not generated again (resume after a crash).
+    on_progress(fraction of the shard done) is called as collaborator groups finish."""
     qs = read_table(unlabeled, "unlabeled").set_index("id").loc[list(ids)].reset_index()
     demos = demos_by_id(load_frame(neighbors).query("unlabeled_id in @ids"), read_table(labeled, "labeled"))
     key = generation_key(cfg, warm_adapter, qs, demos)
@@ -303,7 +307,7 @@ def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Pat
     if out.exists():
         return out
     responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
-                                   cfg, answer_type)
+                                   cfg, answer_type, on_progress=on_progress)
     return save_frame(responses, out)
 
 
@@ -341,8 +345,19 @@ def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, r
     return save_frame(df, out)
 
 
+def class_names(options: Sequence) -> dict[str, str]:
+    """Option letter -> "A (negative)" when every question offers the same options (a labeling
+    task such as sentiment), else letter -> letter: counts per letter then mean nothing more."""
+    from .answers import LETTERS
+
+    distinct = {tuple(o) for o in options if o is not None}
+    if len(distinct) != 1:
+        return {}
+    return {LETTERS[i]: f"{LETTERS[i]} ({text})" for i, text in enumerate(next(iter(distinct)))}
+
+
 def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | None,
-                    answer_type: str) -> dict:
+                    answer_type: str, unlabeled: str | Path | None = None) -> dict:
     from .answers import answers_equal
 
     pl, vt = load_frame(pseudo), load_frame(votes)
@@ -366,7 +381,9 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
         stats["pseudo_label_accuracy"] = acc(sel)
         stats["pseudo_label_accuracy_all"] = acc(pl)
         stats["consensus_accuracy"] = acc(pl[pl["source"] == "consensus"])
-        stats["selected_class_counts"] = {str(k): int(v) for k, v in sel["answer"].value_counts().items()}
+    names = class_names(read_table(unlabeled, "unlabeled")["options"]) if unlabeled is not None else {}
+    stats["selected_class_counts"] = {names.get(str(k), str(k)): int(v)
+                                      for k, v in sel["answer"].value_counts().sort_index().items()}
     return stats
 
 
@@ -401,10 +418,25 @@ def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_t
     return metrics(preds, answer_type, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed)
 
 
-def compare(pred_a: str | Path, pred_b: str | Path) -> float:
-    """McNemar's exact p between two systems' predictions on the same test questions."""
-    from .stats import mcnemar_exact
+SIGNIFICANCE = 0.05  # McNemar p below which a difference counts as real
+
+
+def compare(pred_a: str | Path, pred_b: str | Path, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    """System a against system b on the same test questions: the accuracy difference with its
+    paired 95% CI, McNemar's exact p, and whether a is better (higher, with p < SIGNIFICANCE)."""
+    from .stats import mcnemar_exact, paired_difference
 
     a, b = load_frame(pred_a), load_frame(pred_b)
     merged = a.merge(b, on="id", suffixes=("_a", "_b"))
-    return mcnemar_exact(merged["correct_a"].tolist(), merged["correct_b"].tolist())
+    ca, cb = merged["correct_a"].tolist(), merged["correct_b"].tolist()
+    diff, lo, hi = paired_difference(ca, cb, samples=bootstrap_samples, seed=seed)
+    p = mcnemar_exact(ca, cb)
+    return {"difference": diff, "ci_low": lo, "ci_high": hi, "mcnemar_p": p, "n": len(merged),
+            "better": bool(diff > 0 and p < SIGNIFICANCE)}
+
+
+def verdict(pred_dir: str | Path, cfg: SemiEvolConfig) -> dict:
+    """The report entries that answer "is SemiEvol better than SFT?" (both predictions present)."""
+    cmp = compare(Path(pred_dir) / "semievol.parquet", Path(pred_dir) / "sft.parquet",
+                  cfg.bootstrap_samples, cfg.seed)
+    return {"semievol_vs_sft": cmp, "mcnemar_p_semievol_vs_sft": cmp["mcnemar_p"]}

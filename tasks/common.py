@@ -22,16 +22,21 @@ runs on one machine queue for the device instead of fighting over its memory. Fl
 `ensure_gpu_limit()` first, which creates the limit (default 1 slot, `SEMIEVOL_GPU_SLOTS`) if the
 server has none; without it Prefect's `concurrency()` logs a warning and does not limit at all.
 
+`timed`: under @task, adds `seconds` (the body's wall time) to the task's result dict, so a cache
+hit can report what the step took when it was computed instead of ~0.
+
 `record_execution(label)`: appends `label` to the file named by `SEMIEVOL_TASK_LOG` (if set) when a
 task body really runs, i.e. not on a cache hit. Tests count re-executions with it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +223,19 @@ def gpu_slot() -> Iterator[None]:
     # Leases are renewed in the background while we hold the slot, so long training is fine.
     with concurrency(GPU_LIMIT, occupy=1, strict=False):
         yield
+
+
+# ------------------------------------------------------------------------------ timing
+def timed(fn: Callable[..., dict]) -> Callable[..., dict]:
+    """Add the body's wall time in seconds to a task's result dict (see the module docstring)."""
+
+    @functools.wraps(fn)  # Prefect reads the signature and source through __wrapped__
+    def wrapper(*args: Any, **kwargs: Any) -> dict:
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        return {**result, "seconds": round(time.perf_counter() - t0, 3)}
+
+    return wrapper
 
 
 # ------------------------------------------------------------------------------ execution log

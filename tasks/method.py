@@ -26,7 +26,7 @@ from prefect.cache_policies import TASK_SOURCE
 from semievol_core import steps
 from semievol_core.data import read_table, table_fingerprint
 
-from .common import RETRY, StepCache, gpu_slot, output, record_execution
+from .common import RETRY, StepCache, gpu_slot, output, record_execution, timed
 
 # Config fields each step reads (checked against the core: collaboration.py, justification.py,
 # evaluation.py, training.py). Generation's fields are inside steps.generation_key.
@@ -60,6 +60,7 @@ def _dataset_key(inputs: dict) -> str:
 
 @task(name="prepare", cache_policy=_cached(config_fields=("seed", "answer_type"), outputs=("out",),
                                            derived=_dataset_key, skip=("data_dir",)), **COMMON)
+@timed
 def prepare(cfg, data_dir: str, out: str, limits: dict | None = None) -> dict:
     """Copy (a seeded sample of) the dataset into the run; work out the answer type."""
     record_execution("prepare")
@@ -72,6 +73,7 @@ def prepare(cfg, data_dir: str, out: str, limits: dict | None = None) -> dict:
 
 @task(name="prepare-test", cache_policy=_cached(config_fields=("seed",), files=("test",),
                                                 outputs=("out",)), **COMMON)
+@timed
 def prepare_test(cfg, test: str, out: str, limit: int | None = None) -> dict:
     """A (sampled) copy of one test table, for the evaluate flow."""
     from semievol_core.data import write_table
@@ -90,6 +92,7 @@ def prepare_test(cfg, test: str, out: str, limit: int | None = None) -> dict:
 @task(name="train", cache_policy=_cached(config_fields=TRAIN_FIELDS, outputs=("out",),
                                          files=("labeled", "init_adapter", "pseudo_labels", "unlabeled")),
       **COMMON)
+@timed
 def train(cfg, out: str, labeled: str | None = None, init_adapter: str | None = None,
           pseudo_labels: str | None = None, unlabeled: str | None = None) -> dict:
     """LoRA SFT on the labeled table (+ selected pseudo-labels), optionally from an adapter."""
@@ -104,6 +107,7 @@ def train(cfg, out: str, labeled: str | None = None, init_adapter: str | None = 
 # ------------------------------------------------------------------------------ 2. in-context propagation
 @task(name="embed", cache_policy=_cached(config_fields=EMBED_FIELDS, files=("table",), outputs=("out",)),
       **COMMON)
+@timed
 def embed(cfg, table: str, kind: str, out: str) -> dict:
     record_execution(f"embed:{kind}")
     # The embedder sits on the accelerator as well: hold the slot like the other model steps.
@@ -114,6 +118,7 @@ def embed(cfg, table: str, kind: str, out: str) -> dict:
 @task(name="retrieve", cache_policy=_cached(config_fields=RETRIEVE_FIELDS, outputs=("out",),
                                             files=("queries", "query_vecs", "labeled", "labeled_vecs")),
       **COMMON)
+@timed
 def retrieve(cfg, queries: str, query_kind: str, query_vecs: str, labeled: str, labeled_vecs: str,
              out: str) -> dict:
     record_execution(f"retrieve:{query_kind}")
@@ -136,20 +141,39 @@ def shard_key(inputs: dict) -> str:
 
 @task(name="generate", cache_policy=_cached(derived=shard_key, outputs=("shard_dir",),
                                             skip=("cfg", "ids", "unlabeled", "labeled", "neighbors",
-                                                  "warm_adapter")),
+                                                  "warm_adapter", "progress")),
       **COMMON)
+@timed
 def generate(cfg, ids: list[str], unlabeled: str, labeled: str, neighbors: str, warm_adapter: str,
-             shard_dir: str, answer_type: str) -> dict:
-    """Every collaborator's responses for one shard of questions (one Parquet file per shard)."""
+             shard_dir: str, answer_type: str, progress: dict | None = None) -> dict:
+    """Every collaborator's responses for one shard of questions (one Parquet file per shard).
+
+    progress: {"artifact": id, "shard": i, "shards": n, "label": text} moves that progress
+    artifact after each collaborator group, not only once per shard (execution-only: not keyed)."""
     record_execution("generate")
     with gpu_slot():
         path = steps.generate_shard(cfg, ids, unlabeled, labeled, neighbors, warm_adapter, shard_dir,
-                                    answer_type)
+                                    answer_type, on_progress=_progress_mover(progress))
     return output(path, n=len(ids))
+
+
+def _progress_mover(progress: dict | None):
+    """fraction of this shard done -> the flow's progress artifact, in percent of all shards."""
+    if not progress:
+        return None
+    from prefect.artifacts import update_progress_artifact
+
+    def move(fraction: float) -> None:
+        done = progress["shard"] - 1 + fraction
+        update_progress_artifact(progress["artifact"], progress=100.0 * done / progress["shards"],
+                                 description=f"{progress['label']}: {done:.2f}/{progress['shards']} shards")
+
+    return move
 
 
 @task(name="collect", cache_policy=_cached(config_fields=COLLECT_FIELDS, outputs=("out",),
                                            files=("shards", "labeled", "neighbors")), **COMMON)
+@timed
 def collect(cfg, shards: list[str], labeled: str, neighbors: str, out: str) -> dict:
     record_execution("collect")
     return output(steps.collect_responses(cfg, shards, labeled, neighbors, out))
@@ -157,6 +181,7 @@ def collect(cfg, shards: list[str], labeled: str, neighbors: str, out: str) -> d
 
 # ------------------------------------------------------------------------------ 4-5. vote, justify, filter
 @task(name="vote", cache_policy=_cached(files=("responses",), outputs=("out",)), **COMMON)
+@timed
 def vote(responses: str, out: str) -> dict:
     record_execution("vote")
     return output(steps.vote_step(responses, out))
@@ -165,6 +190,7 @@ def vote(responses: str, out: str) -> dict:
 @task(name="justify", cache_policy=_cached(config_fields=JUSTIFY_FIELDS, outputs=("out",),
                                            files=("votes", "responses", "unlabeled", "warm_adapter")),
       **COMMON)
+@timed
 def justify(cfg, votes: str, responses: str, unlabeled: str, warm_adapter: str, answer_type: str,
             out: str) -> dict:
     record_execution("justify")
@@ -173,20 +199,22 @@ def justify(cfg, votes: str, responses: str, unlabeled: str, warm_adapter: str, 
 
 
 @task(name="filter", cache_policy=_cached(config_fields=FILTER_FIELDS, outputs=("out",),
-                                          files=("votes", "justified", "responses", "oracle")),
+                                          files=("votes", "justified", "responses", "unlabeled", "oracle")),
       **COMMON)
-def filter_labels(cfg, votes: str, justified: str, responses: str, oracle: str | None, answer_type: str,
-                  out: str) -> dict:
+@timed
+def filter_labels(cfg, votes: str, justified: str, responses: str, unlabeled: str, oracle: str | None,
+                  answer_type: str, out: str) -> dict:
     """Adaptive selection (θ) and its statistics (pseudo-label accuracy when an oracle exists)."""
     record_execution("filter")
     path = steps.select_step(cfg, votes, justified, responses, out)
-    return output(path, stats=steps.selection_stats(path, votes, oracle, answer_type))
+    return output(path, stats=steps.selection_stats(path, votes, oracle, answer_type, unlabeled))
 
 
 # ------------------------------------------------------------------------------ 7. evaluation
 @task(name="evaluate", cache_policy=_cached(config_fields=EVAL_FIELDS, outputs=("out",),
                                             files=("test", "adapter", "labeled", "test_neighbors")),
       **COMMON)
+@timed
 def evaluate(cfg, system: str, test: str, answer_type: str, out: str, adapter: str | None = None,
              labeled: str | None = None, test_neighbors: str | None = None) -> dict:
     """Predictions of one system on the test table, and its metrics (accuracy with a CI...)."""

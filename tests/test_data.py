@@ -278,7 +278,10 @@ def test_read_records_unlabeled_and_mapping_errors(tmp_path):
     unl = read_records(path, {"question": "prompt", "options": "choices"}, "unlabeled")
     assert list(unl.columns) == ["id", "question", "options", "metadata"]
     assert unl["id"][0] == content_id("Is the sky blue?", ["yes", "no"])
-    assert "label" in unl["metadata"][0]  # unmapped columns are the user's business (documented)
+    # other columns go into metadata, except one named like an answer: kept out, with a note
+    assert json.loads(unl["metadata"][0]) == {"uid": "u1", "user": "alice"}
+    assert unl.attrs["notes"] == [
+        "answer-revealing column(s) kept out of unlabeled metadata: label (named like an answer)"]
     with pytest.raises(DataError, match="logs.jsonl, column 'text': missing required column"):
         read_records(path, {"question": "text"}, "unlabeled")
     with pytest.raises(ValueError, match="mapping keys"):

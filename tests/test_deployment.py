@@ -4,6 +4,8 @@ Starts a server on a free loopback port with a temporary PREFECT_HOME, creates t
 process work pool, deploys `evaluate-adhoc` from prefect.yaml, triggers it with
 `prefect deployment run` (tiny model, 3 questions), runs `prefect worker start --pool semievol`
 until the flow run is COMPLETED and reads its artifacts through the REST API. ~40-60 s.
+A second test deploys the ingest flow on a 10-second interval schedule and waits, with no manual
+trigger, until the server's scheduler has created a run and the worker has completed it.
 
     pytest tests/test_deployment.py
 """
@@ -51,6 +53,9 @@ def prefect_server(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2",
+           # the scheduler's loop (default 60 s) and the worker's prefetch, short so a schedule
+           # test sees its runs within seconds
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
            "HF_HUB_OFFLINE": "1"}
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -117,3 +122,46 @@ def test_evaluate_deployment_runs_on_a_process_worker(prefect_server, tmp_path, 
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 3
     gpu = httpx.get(f"{api}/v2/concurrency_limits/gpu", timeout=10).json()
     assert gpu["limit"] == 1  # created by the flow on the server
+
+
+def _worker(env: dict, log_path: Path) -> tuple[subprocess.Popen, object]:
+    log = open(log_path, "w")
+    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "semievol"], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_interval_schedule_creates_runs_by_itself_and_they_complete(prefect_server, tmp_path,
+                                                                      sentiment_dataset):
+    """The scheduler service must create runs with nobody triggering them (it failed every loop
+    under SQLAlchemy 2.1, while hand-triggered runs still worked)."""
+    api, env = prefect_server
+    _prefect(env, "work-pool", "create", "semievol", "--type", "process")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    params = {"inbox": str(inbox), "data_dir": str(sentiment_dataset)}
+    _prefect(env, "--no-prompt", "deploy", "flows/ingest.py:ingest", "--name", "ingest-every-10s",
+             "--pool", "semievol", "--interval", "10", "--params", json.dumps(params))
+    dep_id = httpx.get(f"{api}/deployments/name/ingest/ingest-every-10s", timeout=10).json()["id"]
+
+    worker, worker_log = _worker(env, tmp_path / "worker.log")
+    try:
+        deadline, done = time.monotonic() + 150, []
+        while time.monotonic() < deadline and not done:
+            runs = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+                "flow_runs": {"deployment_id": {"any_": [dep_id]}}}).json()
+            assert all(r["auto_scheduled"] for r in runs), "nobody triggered a run by hand here"
+            done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
+            failed = [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")]
+            assert not failed, (tmp_path / "worker.log").read_text()[-4000:]
+            time.sleep(2)
+    finally:
+        _stop(worker, signal.SIGINT)
+        worker_log.close()
+    server_log = (tmp_path / "server.log").read_text()
+    assert done, f"no scheduled run completed in 150 s; server log:\n{server_log[-4000:]}"
+    assert re.fullmatch(r"ingest-\d{4}-\d{2}-\d{2}-data", done[0]["name"]), done[0]["name"]
+    errors = [line for line in server_log.splitlines() if "ERROR" in line]
+    assert not errors, "\n".join(errors[:20])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -113,12 +114,30 @@ def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, ta
     for part in ("systems", "selection", "config", "mcnemar_p_semievol_vs_sft"):
         assert json.dumps(report[part], sort_keys=True) == json.dumps(base_run["report"][part], sort_keys=True)
     assert max(report["timings"].values()) < 3.0  # cache hits: Prefect's bookkeeping only
+    # ...but the report shows what the cached steps took when they were computed
+    cached = report["cached_steps"]
+    assert set(cached) >= {"train-warm", "generate", "justify", "train-final", "evaluate-semievol"}
+    assert cached["train-warm"] > report["timings"]["train-warm"]
+    assert "| train-warm |" in (base_run["out"] / "report.md").read_text()
+    assert "cached (took" in (base_run["out"] / "report.md").read_text()
     with get_client(sync_client=True) as client:
         # the flow created the `gpu` limit in the temporary server
         assert client.read_global_concurrency_limit_by_name("gpu").limit >= 1
-        keys = ["semievol-accuracy", "semievol-selection", "semievol-report", "semievol-generation"]
+        keys = ["semievol-accuracy", "semievol-selection", "semievol-report", "semievol-generation",
+                "semievol-verdict"]
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        flow_runs = client.read_flow_runs()
+        task_names = {t.name for t in client.read_task_runs(limit=200)}
     assert {a.key for a in arts} == set(keys)
+    verdict = next(a for a in arts if a.key == "semievol-verdict")
+    assert re.search(r"SemiEvol is (not )?better than SFT: [+-]\d+\.\d points \(95% CI", verdict.data)
+    # names a person can read in the UI: the flow run by date and dataset, task runs by what they do
+    assert any(re.fullmatch(r"evolve-\d{4}-\d{2}-\d{2}-data", r.name) for r in flow_runs)
+    assert task_names >= {"prepare", "train-warm", "embed-unlabeled", "retrieve-test", "generate-1/3",
+                          "generate-3/3", "justify", "select", "train-final", "evaluate-sft",
+                          "evaluate-semievol", "evaluate-knn_vote"}
+    # the selected classes by name (the questions all offer negative/neutral/positive)
+    assert all(k[0] in "ABC" and k[1:3] == " (" for k in report["selection"]["selected_class_counts"])
     assert all(a.data == 100 for a in arts if a.key == "semievol-generation")  # every shard reported
     table = next(a for a in arts if a.key == "semievol-accuracy")
     assert "ci_low" in str(table.data) and "semievol" in str(table.data)

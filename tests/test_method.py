@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from semievol_core import steps
 from semievol_core.backends.transformers_backend import TransformersBackend
 from semievol_core.collaboration import RESPONSE_COLUMNS, generate_responses, plan_collaborators
 from semievol_core.config import Collaborator, SemiEvolConfig
@@ -16,7 +17,8 @@ from semievol_core.justification import justify
 from semievol_core.propagation import knn_label_vote, retrieve_neighbors
 from semievol_core.prompts import Candidate, Demo, format_question, justification_chat, question_chat, training_chat
 from semievol_core.selection import select_pseudo_labels
-from semievol_core.stats import bootstrap_ci, mcnemar_exact
+from semievol_core.report import verdict_line
+from semievol_core.stats import bootstrap_ci, mcnemar_exact, paired_difference
 from semievol_core.voting import vote
 
 OPTS = ["negative", "neutral", "positive"]
@@ -143,6 +145,29 @@ def test_bootstrap_ci_and_mcnemar():
     assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5**10)
     assert mcnemar_exact(a, a) == 1.0
     assert mcnemar_exact([True, False], [False, True]) == 1.0
+    d, lo, hi = paired_difference(a, b, samples=2000)
+    assert d == pytest.approx(10 / 15) and lo <= d <= hi and lo > 0.3
+    assert paired_difference(a, a) == (0.0, 0.0, 0.0)
+
+
+def test_compare_gives_the_verdict_only_for_a_significant_gain(tmp_path):
+    def preds(name, correct):
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"id": [f"t{i}" for i in range(len(correct))], "correct": correct}).to_parquet(path)
+        return path
+
+    better = [True] * 30 + [False] * 10 + [True] * 60
+    base = [False] * 30 + [False] * 10 + [True] * 60
+    cmp = steps.compare(preds("semievol", better), preds("sft", base))
+    assert cmp["better"] and cmp["difference"] == pytest.approx(0.30) and cmp["mcnemar_p"] < 1e-6
+    assert cmp["ci_low"] > 0 and cmp["n"] == 100
+    line = verdict_line(cmp)
+    assert line.startswith("SemiEvol is better than SFT: +30.0 points (95% CI +")
+    worse = steps.compare(preds("semievol", [True] * 3 + base[3:]), preds("sft", base))
+    assert not worse["better"] and worse["mcnemar_p"] > 0.05  # +3 of 100 is not a result
+    assert verdict_line(worse).startswith("SemiEvol is not better than SFT: +3.0 points")
+    assert steps.class_names([["negative", "neutral"]] * 3) == {"A": "A (negative)", "B": "B (neutral)"}
+    assert steps.class_names([["x", "y"], ["p", "q", "r"]]) == {}
 
 
 # ---------------------------------------------------------------- with a real (tiny) model
@@ -173,8 +198,11 @@ def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, 
     assert (resp["H"] > 0).all() and resp["H"].notna().all()
     if mode == "choice_logprobs":
         assert resp["answer"].isin(["A", "B", "C"]).all()
-    again = generate_responses(tiny_backend, _questions(4), demos, collabs, None, cfg, "choice")
+    moved: list[float] = []
+    again = generate_responses(tiny_backend, _questions(4), demos, collabs, None, cfg, "choice",
+                               on_progress=moved.append)
     pd.testing.assert_frame_equal(resp, again)  # seeded
+    assert moved == [0.5]  # two collaborator groups: reported halfway; the caller marks the end
     with pytest.raises(ValueError, match="warm adapter"):
         generate_responses(tiny_backend, _questions(1), {}, [Collaborator(model="warm", n_demos=0)], None, cfg, "choice")
 
