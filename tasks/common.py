@@ -21,6 +21,10 @@ The `gpu` global concurrency limit: tasks that use the accelerator run inside `g
 runs on one machine queue for the device instead of fighting over its memory. Flows call
 `ensure_gpu_limit()` first, which creates the limit (default 1 slot, `SEMIEVOL_GPU_SLOTS`) if the
 server has none; without it Prefect's `concurrency()` logs a warning and does not limit at all.
+A run killed while it holds the slot must not block every later run: slots are leased for
+GPU_LEASE_SECONDS (a lasting server revokes a lease its dead holder stops renewing), and without a
+lasting server, where nothing revokes leases, `free_orphaned_slots` gives back a slot when no
+process registered under PREFECT_HOME as a holder is alive. A waiting run logs every 30 s.
 
 `timed`: under @task, adds `seconds` (the body's wall time) to the task's result dict, so a cache
 hit can report what the step took when it was computed instead of ~0.
@@ -35,9 +39,10 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -194,9 +199,87 @@ RETRY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1
 
 
 # ------------------------------------------------------------------------------ the `gpu` slot
+# A slot is held through a lease the holder renews in the background; a lasting server revokes a
+# lease that is not renewed (its holder died) after this many seconds. Short, so a crashed nightly
+# run frees the device for the next night within a minute, not Prefect's default 5.
+GPU_LEASE_SECONDS = 60
+WAIT_LOG_SECONDS = 30  # while waiting for the slot, say so this often
+FREE_HINT = f"prefect gcl update {GPU_LIMIT} --active-slots 0"
+
+
+def _holders_dir() -> Path:
+    """Where processes register while they wait for or hold a `gpu` slot: one file each, under
+    PREFECT_HOME, the same place as the ephemeral server's database that counts the slots."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home) / "semievol-gpu-holders"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _registered() -> tuple[list[dict], list[Path]]:
+    """(live holders, files of dead ones) among this host's registrations."""
+    live, dead = [], []
+    d = _holders_dir()
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # half-written by a process killed mid-write
+            dead.append(f)
+            continue
+        # another host's process (a shared PREFECT_HOME) cannot be checked: count it as live
+        if rec.get("host") != socket.gethostname() or _alive(int(rec["pid"])):
+            live.append(rec)
+        else:
+            dead.append(f)
+    return live, dead
+
+
+def free_orphaned_slots(logger) -> int:
+    """Give back `gpu` slots whose holder process is gone; returns how many were freed.
+
+    Only without PREFECT_API_URL: then every run is a process of this machine using the database
+    under PREFECT_HOME through a temporary server that dies with it, so a `kill -9` leaves its slot
+    taken with no lease left to expire, and any process that could hold a slot is registered here.
+    With a lasting server (other machines may hold slots) the lease expiry frees them instead.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return 0
+    live, dead = _registered()
+    for f in dead:
+        f.unlink(missing_ok=True)
+    if live:  # a live run may hold the slot: never take it away
+        return 0
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            return 0
+        if limit.active_slots == 0:
+            return 0
+        client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
+    logger.warning("freed %d `%s` slot(s) left taken by a run that died (no live holder on this "
+                   "machine)", limit.active_slots, GPU_LIMIT)
+    return limit.active_slots
+
+
 def ensure_gpu_limit(logger) -> None:
     """Create the `gpu` global concurrency limit if the server has none (ephemeral servers start
-    empty). An existing limit is left as the operator configured it."""
+    empty); free slots a crashed run left taken (free_orphaned_slots). An existing limit is left as
+    the operator configured it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -206,22 +289,64 @@ def ensure_gpu_limit(logger) -> None:
         try:
             limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
             logger.debug("concurrency limit %r: %s slot(s), active=%s", GPU_LIMIT, limit.limit, limit.active)
-            return
         except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
-            logger.info("created global concurrency limit %r with %d slot(s)", GPU_LIMIT, slots)
-        except ObjectAlreadyExists:  # another run created it between our read and create
-            pass
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+                logger.info("created global concurrency limit %r with %d slot(s)", GPU_LIMIT, slots)
+            except ObjectAlreadyExists:  # another run created it between our read and create
+                pass
+    free_orphaned_slots(logger)
+
+
+@contextmanager
+def _registration() -> Iterator[Path]:
+    """This process, registered as waiting for or holding a slot (see free_orphaned_slots)."""
+    d = _holders_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
+    f.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}), encoding="utf-8")
+    try:
+        yield f
+    finally:
+        f.unlink(missing_ok=True)
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        import logging
+
+        return logging.getLogger(__name__)
 
 
 @contextmanager
 def gpu_slot() -> Iterator[None]:
     """Hold one slot of the `gpu` limit. strict=False: if the limit is missing (a task called
-    outside our flows), Prefect logs a warning and runs unlimited rather than failing."""
-    # Leases are renewed in the background while we hold the slot, so long training is fine.
-    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+    outside our flows), Prefect logs a warning and runs unlimited rather than failing.
+
+    The wait is never silent: every WAIT_LOG_SECONDS it logs how long it has waited, who else is
+    registered, and how to free a slot by hand; and it frees slots whose holder died meanwhile."""
+    t0 = time.monotonic()
+    with _registration(), ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=False,
+                                               timeout_seconds=WAIT_LOG_SECONDS,
+                                               lease_duration=GPU_LEASE_SECONDS))
+                break
+            except TimeoutError:
+                log = _logger()
+                others = [f"pid {r['pid']} since {r['since']}" for r in _registered()[0]
+                          if r["pid"] != os.getpid()]
+                log.warning("waited %.0f s for a `%s` slot (other runs here: %s); if no run is "
+                            "using the device, free it with `%s`", time.monotonic() - t0, GPU_LIMIT,
+                            ", ".join(others) or "none", FREE_HINT)
+                free_orphaned_slots(log)
         yield
 
 
