@@ -5,7 +5,7 @@
 
 Four `semievol` CLI runs, one process each, exactly as a user or a scheduled deployment starts
 them, on one FPB-derived dataset (bench/runs/incremental/data, built from ../shared, git-ignored)
-with the `fpb-small` configuration:
+with the `recommended` configuration:
   cold    first run into an empty run directory (nothing cached);
   rerun   the same command again;
   plus10  after `semievol ingest` appends 10% new unlabeled rows (a JSONL file in an inbox);
@@ -101,7 +101,7 @@ def main() -> None:
     data, inbox = build_dataset(work, args.labeled, args.unlabeled, args.test)
     run_dir = work / "run"
     evolve = ["evolve", "--data", str(data), "--out", str(run_dir), "--config",
-              str(ROOT / "deployments" / "configs" / "fpb-small.yaml")]
+              str(ROOT / "deployments" / "configs" / "recommended.yaml")]
     records = []
     for case, extra in (("cold", []), ("rerun", []), ("plus10", None), ("theta", ["--theta", "0.3"])):
         if case == "plus10":
@@ -127,7 +127,7 @@ def main() -> None:
         print(f"| {r['case']} | {r['wall_s']} | {r['ratio_to_cold']:.3f} | {r['generation_s']} | "
               f"{r['generation_ratio_to_cold']} | {r['rows_generated']} |")
     out = HERE / "results" / "incremental.json"
-    out.write_text(json.dumps({"machine": machine(), "settings": {**vars(args), "config": "deployments/configs/fpb-small.yaml",
+    out.write_text(json.dumps({"machine": machine(), "settings": {**vars(args), "config": "deployments/configs/recommended.yaml",
                                                                    "prefect_api_url": os.environ.get("PREFECT_API_URL")},
                                "records": records}, indent=2))
 

@@ -164,20 +164,20 @@ def main() -> None:
     n_lab = len(__import__("pandas").read_parquet(run_dir / "data" / "labeled.parquet"))
     n_unl = report["selection"].get("n_unlabeled", 0)
     shared_cost = {"vanilla": 0.0, "rag_knn": t.get("embed", 0) + t.get("retrieve", 0),
-                   "knn_vote": t.get("embed", 0) + t.get("retrieve", 0), "sft": t.get("train_warm", 0)}
+                   "knn_vote": t.get("embed", 0) + t.get("retrieve", 0), "sft": t.get("train-warm", 0)}
     records = []
     for system, m in report["systems"].items():
-        wall = t.get(f"evaluate_{system}", 0) + shared_cost.get(system, 0)
+        wall = t.get(f"evaluate-{system}", 0) + shared_cost.get(system, 0)
         if system == "semievol":
-            wall = total - sum(v for k, v in t.items() if k.startswith("evaluate_") and k != "evaluate_semievol")
+            wall = total - sum(v for k, v in t.items() if k.startswith("evaluate-") and k != "evaluate-semievol")
         records.append({"dataset": args.dataset, "system": system + (f"_{args.tag}" if args.tag else ""),
                         "accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
                         "n_test": m["n"], "n_labeled": n_lab,
                         "n_unlabeled_used": n_unl if system == "semievol" else 0,
                         "model": cfg.model, "wall_s": round(wall, 1),
                         # An adapter re-used from disk (train_key.txt matched) cost nothing this run.
-                        "adapter_reused": {"sft": t.get("train_warm", 1) < 1,
-                                           "semievol": t.get("train_final", 1) < 1}.get(system, False)})
+                        "adapter_reused": {"sft": t.get("train-warm", 1) < 1,
+                                           "semievol": t.get("train-final", 1) < 1}.get(system, False)})
     prev = json.loads(out.read_text()) if out.exists() else {}
     notes = prev.get("notes", {})
     sel = report["selection"]

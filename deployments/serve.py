@@ -22,7 +22,7 @@ from flows.evaluate import evaluate
 from flows.evolve import evolve
 from flows.ingest import ingest
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "fpb-small.yaml"
+CONFIG = Path(__file__).resolve().parent / "configs" / "recommended.yaml"
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--data", default="data/fpb", help="dataset directory (default: data/fpb)")
     p.add_argument("--inbox", default="inbox", help="inbox of new unlabeled files (default: inbox)")
     p.add_argument("--runs", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--config", default=str(CONFIG), help="YAML run config (default: fpb-small)")
+    p.add_argument("--config", default=str(CONFIG), help="YAML run config (default: recommended)")
     p.add_argument("--limit", type=int, default=1, help="flow runs at once (default: 1)")
     args = p.parse_args()
     config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}

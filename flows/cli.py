@@ -37,15 +37,15 @@ class Preset:
 
 
 PRESETS = {
-    "fpb-small": Preset("fpb-small.yaml", 64, 256, 200,
+    "fpb-small": Preset("recommended.yaml", 64, 256, 200,
                         "README demo: SmolLM2-135M on FPB, 64 labeled / 256 unlabeled / 200 test"),
-    "fpb-tiny": Preset("fpb-small.yaml", 32, 32, 50, "smoke run: 32 labeled / 32 unlabeled / 50 test"),
+    "fpb-tiny": Preset("recommended.yaml", 32, 32, 50, "smoke run: 32 labeled / 32 unlabeled / 50 test"),
 }
 
 EXAMPLES = """examples:
   semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb
   semievol evolve --data data/fpb --out runs/fpb-small --preset fpb-small
-  semievol evolve --data data/fpb --out runs/fpb --config deployments/configs/fpb-small.yaml --theta 0.3
+  semievol evolve --data data/fpb --out runs/fpb --config deployments/configs/recommended.yaml --theta 0.3
   semievol evaluate --test data/fpb --out runs/eval --adapter runs/fpb-small/semievol_adapter --limit 200
   semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices
 

@@ -109,8 +109,17 @@ def publish_accuracy(systems: dict[str, dict], key: str, description: str) -> No
 
 
 def publish_selection(stats: dict, key: str, description: str) -> None:
-    rows = [{"statistic": k, "value": _num(v) if not isinstance(v, dict) else str(v)}
-            for k, v in stats.items()]
+    """One row per statistic; the class mix as one row per class ("class A (negative)": "labeled
+    prior 33.3% | selected 50.0%"), the class-mix warning (if any) first."""
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    rows = [{"statistic": "class_mix_warning", "value": stats["class_mix_warning"]}] \
+        if stats.get("class_mix_warning") else []
+    rows += [{"statistic": k, "value": _num(v) if not isinstance(v, dict) else str(v)}
+             for k, v in stats.items() if k not in ("class_mix", "class_mix_warning")]
+    rows += [{"statistic": f"class {c}", "value": f"labeled prior {pct(m['labeled'])} | selected {pct(m['selected'])}"}
+             for c, m in (stats.get("class_mix") or {}).items()]
     create_table_artifact(table=rows, key=key, description=description)
 
 

@@ -92,7 +92,8 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
                         out=str(out / "justified.parquet"))["path"]
     oracle = d / "oracle.parquet"
     sel = run.run("select", method.filter_labels, cfg=cfg, votes=votes, justified=justified,
-                  responses=responses, unlabeled=unlabeled, oracle=str(oracle) if oracle.exists() else None,
+                  responses=responses, unlabeled=unlabeled, labeled=labeled,
+                  oracle=str(oracle) if oracle.exists() else None,
                   answer_type=answer_type, out=str(out / "pseudo_labels.parquet"))
     pseudo, selection = sel["path"], sel["stats"]
     log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])

@@ -66,6 +66,9 @@ class SemiEvolConfig(BaseModel):
     # --- 1. in-weight propagation (warm SFT) and 6. final fine-tune ---
     train: TrainConfig = Field(default_factory=TrainConfig)
     final_training: Literal["union", "continue"] = "union"  # paper Eq. 9 | released code
+    # Weight of a pseudo-label's loss relative to a gold label's in the final fine-tune (1: equal,
+    # the paper). The loss stays normalised by the token count, so < 1 also shrinks their steps.
+    pseudo_weight: float = Field(default=1.0, gt=0.0, le=1.0)
 
     # --- 2. in-context propagation ---
     k_demos: int = Field(default=3, ge=0, le=16)
@@ -89,6 +92,12 @@ class SemiEvolConfig(BaseModel):
     selection_scope: Literal["all", "justified"] = "all"  # "justified": released code's variant
     class_balance: bool = False  # apply the percentile within each answer class
     source_balance: bool = False  # ... and/or within each source (consensus|justified): H scales differ
+    # "knn": keep a pseudo-label only if the kNN label vote (an independent view) gives the same
+    # answer; needs knn_collaborator. Low H alone keeps what the warm model already believes.
+    agreement: Literal["none", "knn"] = "none"
+    # "prior": instead of the H quantile, keep at most theta x (labels left) split over the classes
+    # by the labeled set's class frequencies, lowest H first within a class (FlexMatch-style).
+    class_quota: Literal["none", "prior"] = "none"
 
     # --- 7. evaluation ---
     eval_mode: Literal["generate", "choice_logprobs"] = "generate"
@@ -105,6 +114,17 @@ class SemiEvolConfig(BaseModel):
             too_many = [c.name for c in self.collaborators if c.n_demos > self.k_demos]
             if too_many:
                 raise ValueError(f"collaborators {too_many} want more demonstrations than k_demos={self.k_demos}")
+        if self.agreement == "knn" and not (self.knn_collaborator and self.k_demos > 0):
+            raise ValueError("agreement 'knn' compares each pseudo-label with the kNN label vote over the "
+                             "k_demos nearest labeled examples: set knn_collaborator: true and k_demos >= 1")
+        if self.class_quota == "prior":
+            clash = [name for name, on in (("class_balance", self.class_balance),
+                                           ("source_balance", self.source_balance),
+                                           ("selection_scope: justified", self.selection_scope == "justified"))
+                     if on]
+            if clash:
+                raise ValueError(f"class_quota 'prior' replaces the theta-quantile of H, so it does not "
+                                 f"combine with {', '.join(clash)}: turn them off")
         return self
 
     # ---- (de)serialisation ----------------------------------------------------------------------

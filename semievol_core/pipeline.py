@@ -76,10 +76,11 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
             justified = steps.justify_step(cfg, votes, responses, unlabeled, warm, answer_type,
                                            out / "justified.parquet")
         with timed("select"):
-            pseudo = steps.select_step(cfg, votes, justified, responses, out / "pseudo_labels.parquet")
+            pseudo = steps.select_step(cfg, votes, justified, responses, labeled, out / "pseudo_labels.parquet")
             oracle = d / "oracle.parquet"
             selection = steps.selection_stats(pseudo, votes, oracle if oracle.exists() else None, answer_type,
-                                                unlabeled)
+                                              unlabeled, labeled=labeled, responses=responses,
+                                              agreement=cfg.agreement)
     final = None
     if "semievol" in systems:
         with timed("train-final"):

@@ -6,8 +6,12 @@
 
 report.json = {"config": {...}, "systems": {name: {accuracy, ci_low, ci_high, parse_failure_rate,
 n}}, "selection": {n_unlabeled, n_consensus, n_justified, n_selected, threshold,
-pseudo_label_accuracy, ...}, "timings": {step: seconds in this run}, "cached_steps": {step: seconds
-it took when computed}, ...extra}. `semievol_vs_sft` in extra (steps.compare) becomes the verdict.
+pseudo_label_accuracy, removed_unparsed, removed_by_agreement, removed_by_threshold,
+selected_class_counts, class_mix, class_mix_warning (only when the mix is off), ...} (see
+steps.selection_stats), "timings": {step: seconds in this run}, "cached_steps": {step: seconds it
+took when computed}, ...extra}. `semievol_vs_sft` in extra (steps.compare) becomes the verdict.
+report.md shows the selection's class mix as a table (class | labeled prior % | selected % |
+selected n), under the class-mix warning in bold when there is one.
 """
 
 from __future__ import annotations
@@ -31,12 +35,24 @@ def systems_table(systems: dict) -> str:
 
 
 def selection_table(sel: dict) -> str:
+    """The selection statistics as a table, then the class mix (class | labeled prior % | selected %
+    | selected n), with the class-mix warning in bold above both when there is one."""
+    parts = [f"**Warning: {sel['class_mix_warning']}.**", ""] if sel.get("class_mix_warning") else []
+    mix, counts = sel.get("class_mix"), sel.get("selected_class_counts") or {}
     lines = ["| statistic | value |", "|---|---:|"]
     for k, v in sel.items():
+        if k in ("class_mix", "class_mix_warning") or (mix and k == "selected_class_counts"):
+            continue  # shown above / in the class table below
         if isinstance(v, float):
             v = f"{v:.4f}"
         lines.append(f"| {k} | {v} |")
-    return "\n".join(lines)
+    parts.append("\n".join(lines))
+    if mix:  # choice tasks (steps.selection_stats); free answers keep the counts row above
+        rows = ["| class | labeled prior % | selected % | selected n |", "|---|---:|---:|---:|"]
+        rows += [f"| {c} | {_pct(m['labeled'])} | {_pct(m['selected'])} | {counts.get(c, 0)} |"
+                 for c, m in mix.items()]
+        parts += ["", "\n".join(rows)]
+    return "\n".join(parts)
 
 
 def verdict_line(cmp: dict) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from .evaluation import metrics, predict
 from .justification import justify
 from .propagation import knn_label_vote, retrieve_neighbors
 from .prompts import Demo
-from .selection import select_pseudo_labels
+from .selection import class_mix, class_mix_warning, removal_counts, select_pseudo_labels
 from .voting import vote
 
 if TYPE_CHECKING:
@@ -184,24 +185,28 @@ def answer_type_of(labeled: pd.DataFrame, cfg: SemiEvolConfig) -> str:
 # ---------------------------------------------------------------------------- 1 / 6. training
 def training_examples(tables: Sequence[tuple[str | Path, str]], pseudo_labels: str | Path | None = None,
                       unlabeled: str | Path | None = None) -> pd.DataFrame:
-    """question/options/answer rows: the given labeled-kind tables, then the selected pseudo-labels
-    joined to their questions."""
-    frames = [read_table(p, kind)[["question", "options", "answer"]] for p, kind in tables]
+    """question/options/answer/gold rows: the given labeled-kind tables (gold True), then the
+    selected pseudo-labels joined to their questions (gold False)."""
+    frames = [read_table(p, kind)[["question", "options", "answer"]].assign(gold=True) for p, kind in tables]
     if pseudo_labels is not None:
         pl = load_frame(pseudo_labels)
         pl = pl[pl["selected"]]
         qs = read_table(unlabeled, "unlabeled").set_index("id")
         joined = qs.loc[pl["unlabeled_id"], ["question", "options"]].reset_index(drop=True)
         joined["answer"] = pl["answer"].to_list()
-        frames.append(joined)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["question", "options", "answer"])
+        frames.append(joined.assign(gold=False))
+    if not frames:
+        return pd.DataFrame(columns=["question", "options", "answer", "gold"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]], out_dir: str | Path,
                   init_adapter: str | Path | None = None, pseudo_labels: str | Path | None = None,
                   unlabeled: str | Path | None = None) -> Path:
     """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions).
-    An adapter already in `out_dir` whose train_key.txt matches these inputs is returned as is."""
+    With pseudo-labels, early stopping validates on the gold (table) rows only and a pseudo-label's
+    loss is weighted cfg.pseudo_weight. An adapter already in `out_dir` whose train_key.txt matches
+    these inputs is returned as is."""
     from .training import train_lora
 
     examples = training_examples(tables, pseudo_labels, unlabeled)
@@ -209,6 +214,11 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
         raise ValueError("nothing to train on: no labeled rows and no selected pseudo-labels")
     out_dir = Path(out_dir)
     key = training_key(cfg, examples, init_adapter)
+    n_gold = None  # every row is gold: the plain split, no weights (the warm adapter)
+    if pseudo_labels is not None:
+        n_gold = int(examples["gold"].sum())  # gold rows come first (training_examples)
+        # Where validation may come from and the pseudo-label weight change the adapter too.
+        key = hashlib.sha256(f"{key}|n_gold={n_gold}|pseudo_weight={cfg.pseudo_weight!r}".encode()).hexdigest()
     key_file = out_dir / TRAIN_KEY_FILE
     if key_file.exists() and key_file.read_text().strip() == key:
         return out_dir  # this adapter was trained on exactly these inputs: resume, do not retrain
@@ -217,7 +227,8 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
     result = train_lora(cfg.model, examples, out_dir, cfg.train,
                         init_adapter=str(init_adapter) if init_adapter else None,
                         progress=cfg.execution.progress, threads=cfg.execution.threads,
-                        gradient_checkpointing=cfg.execution.gradient_checkpointing)
+                        gradient_checkpointing=cfg.execution.gradient_checkpointing,
+                        n_gold=n_gold, pseudo_weight=cfg.pseudo_weight)
     key_file.write_text(key + "\n")
     return Path(result.adapter_dir)
 
@@ -338,10 +349,16 @@ def justify_step(cfg: SemiEvolConfig, votes: str | Path, responses: str | Path, 
 
 
 def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,
-                out: str | Path) -> Path:
+                labeled: str | Path, out: str | Path) -> Path:
+    """pseudo_labels.parquet (selection.PSEUDO_COLUMNS). `labeled` gives class_quota its prior."""
+    lab = read_table(labeled, "labeled")
+    if cfg.class_quota == "prior" and lab["options"].isna().any():
+        raise ValueError("class_quota 'prior' needs a multiple-choice task (options on every labeled "
+                         "row): with free answers every distinct answer would be a class")
     df = select_pseudo_labels(load_frame(votes), load_frame(justified), load_frame(responses),
                               theta=cfg.theta, scope=cfg.selection_scope, class_balance=cfg.class_balance,
-                              source_balance=cfg.source_balance)
+                              source_balance=cfg.source_balance, agreement=cfg.agreement,
+                              class_quota=cfg.class_quota, labeled_answers=lab["answer"].tolist())
     return save_frame(df, out)
 
 
@@ -357,7 +374,14 @@ def class_names(options: Sequence) -> dict[str, str]:
 
 
 def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | None,
-                    answer_type: str, unlabeled: str | Path | None = None) -> dict:
+                    answer_type: str, unlabeled: str | Path | None = None, labeled: str | Path | None = None,
+                    responses: str | Path | None = None, agreement: str = "none") -> dict:
+    """What selection kept and why: counts, the labels each rule removed (`removed_unparsed`,
+    `removed_by_agreement`, `removed_by_threshold`: H cut or class quota; with `responses` and the
+    config's `agreement`), accuracy against the oracle when there is one, the selected classes
+    by label name (`selected_class_counts`) and, for a choice task with `labeled`, `class_mix`
+    {class: {"labeled": prior share, "selected": share}}. A class more than 15 points off its prior
+    (or an empty selection) adds `class_mix_warning`, also logged as a warning."""
     from .answers import answers_equal
 
     pl, vt = load_frame(pseudo), load_frame(votes)
@@ -370,6 +394,8 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
         "threshold": float(pl["threshold"].dropna().iloc[0]) if pl["threshold"].notna().any() else None,
         "pseudo_label_accuracy": None,
     }
+    if responses is not None:
+        stats.update(removal_counts(pl, load_frame(responses), agreement))
     if oracle is not None and Path(oracle).exists():
         gold = dict(zip(*read_table(oracle, "oracle")[["id", "answer"]].T.values))
         def acc(frame):
@@ -384,6 +410,13 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
     names = class_names(read_table(unlabeled, "unlabeled")["options"]) if unlabeled is not None else {}
     stats["selected_class_counts"] = {names.get(str(k), str(k)): int(v)
                                       for k, v in sel["answer"].value_counts().sort_index().items()}
+    if labeled is not None and answer_type == "choice":  # free answers: a "class" per answer says nothing
+        mix = class_mix(sel["answer"], read_table(labeled, "labeled")["answer"])
+        stats["class_mix"] = {names.get(str(k), str(k)): v for k, v in mix.items()}
+        warning = class_mix_warning(stats["class_mix"])
+        if warning:
+            stats["class_mix_warning"] = warning
+            logging.getLogger(__name__).warning("pseudo-label selection: %s", warning)
     return stats
 
 

@@ -21,6 +21,11 @@ can serve it) plus `loss_curve.json` (per-step train loss, per-epoch validation 
 `train_config.json`. It is written to a sibling temp dir and renamed into place; the Trainer's own
 output dir is a temp dir that is deleted, so no checkpoints or optimizer states are left anywhere.
 
+Gold and pseudo-labels: `train_lora(..., n_gold=64, pseudo_weight=0.5)` says the first 64 examples
+are gold labels and the rest pseudo-labels. The validation slice (early stopping) is then drawn
+from the gold ones only, since noisy labels make a noisy stopping signal (no gold: no validation,
+all epochs run); a pseudo-label's target tokens count `pseudo_weight` times in the loss.
+
 Defaults (lr 1e-3, at most 3 epochs, early stopping with patience 1 on a 10% validation slice):
 see `bench/training_defaults.md` (SmolLM2-135M on FPB). The paper's 1e-4 x 2 epochs barely moves a
 135M model; 5e-4 needed 3 epochs; 1e-3 beat 5e-4 x 2 epochs after one epoch.
@@ -203,16 +208,20 @@ def check_examples(examples) -> None:
         raise ValueError("no training examples")
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(n: int, val_fraction: float, seed: int, n_gold: int | None = None) -> tuple[list[int], list[int]]:
     """(train, validation) row indices: a seeded shuffle, validation = round(n * fraction) rows,
-    at least 1 when the fraction is positive and at least 1 row is left to train on."""
-    if val_fraction <= 0:
+    at least 1 when the fraction is positive and at least 1 row is left to train on.
+
+    n_gold: only rows 0..n_gold-1 (the gold labels; pseudo-labels follow) can be validation rows,
+    round(n_gold * fraction) of them; 0 gives no validation. None, or n_gold = n, is the plain split."""
+    pool = n if n_gold is None else min(n_gold, n)
+    if val_fraction <= 0 or (n_gold is not None and pool == 0):
         return list(range(n)), []
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    n_val = min(max(1, round(pool * val_fraction)), n - 1, pool)
     if n_val <= 0:
         raise ValueError(f"{n} example(s) cannot be split into training and validation")
-    perm = np.random.default_rng(seed).permutation(n).tolist()
-    return sorted(perm[n_val:]), sorted(perm[:n_val])
+    val = np.random.default_rng(seed).permutation(pool).tolist()[:n_val]
+    return sorted(set(range(n)) - set(val)), sorted(val)
 
 
 class PadCollator:
@@ -243,15 +252,19 @@ class PadCollator:
         # Columns from the first labeled one on, plus the one before it (it predicts the first).
         labeled = (labels != IGNORE_INDEX).any(0).nonzero()
         keep = width - int(labeled[0]) + 1 if len(labeled) else 1
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids,
-                "labels": labels, "logits_to_keep": min(keep, width)}
+        out = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids,
+               "labels": labels, "logits_to_keep": min(keep, width)}
+        if any("weight" in b for b in batch):  # per-row loss weights (pseudo_weight); popped before the model
+            out["loss_weights"] = torch.tensor([float(b.get("weight", 1.0)) for b in batch])
+        return out
 
 
-def target_loss(outputs, labels, num_items_in_batch=None):
+def target_loss(outputs, labels, num_items_in_batch=None, row_weights=None):
     """Token-mean cross-entropy of the target tokens from the kept (last) logits columns.
 
     `num_items_in_batch` (the Trainer's count of labeled tokens over all gradient-accumulation
     micro-batches) makes the mean run over the whole accumulated batch, as the built-in loss does.
+    `row_weights` (one per row) scales each row's token losses; the divisor stays the token count.
     """
     import torch
 
@@ -260,7 +273,11 @@ def target_loss(outputs, labels, num_items_in_batch=None):
     # logits[:, j] predicts the token after it: pair columns -keep..-2 with labels -keep+1..-1.
     pred = logits[:, :-1].reshape(-1, logits.shape[-1])
     gold = labels[:, labels.shape[1] - keep + 1:].reshape(-1).to(pred.device)
-    total = torch.nn.functional.cross_entropy(pred, gold, ignore_index=IGNORE_INDEX, reduction="sum")
+    if row_weights is None:
+        total = torch.nn.functional.cross_entropy(pred, gold, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        per_token = torch.nn.functional.cross_entropy(pred, gold, ignore_index=IGNORE_INDEX, reduction="none")
+        total = (per_token.view(labels.shape[0], -1) * row_weights.to(per_token)[:, None]).sum()
     if num_items_in_batch is None:
         return total / (gold != IGNORE_INDEX).sum().clamp(min=1)
     return total / num_items_in_batch
@@ -330,6 +347,8 @@ def train_lora(
     threads: int | None = None,
     dataloader_workers: int = 0,
     gradient_checkpointing: bool = False,
+    n_gold: int | None = None,
+    pseudo_weight: float = 1.0,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter of `model` on `examples` and save it to `out_dir` (replaced if present).
 
@@ -342,6 +361,9 @@ def train_lora(
     checkpointing replays the dropout RNG, so the adapter is the same): on 256 FPB rows, batch 8,
     SmolLM2-135M on 2 CPU cores, peak RSS 5.2 -> 2.9 GB at 1.6x the training time
     (bench/results/training.json).
+    `n_gold`: the first n_gold examples are gold labels, the rest pseudo-labels: validation rows
+    come from the gold ones only, and a pseudo-label's loss counts `pseudo_weight` times (None:
+    every example is gold, as for the warm adapter).
     """
     cfg = cfg or TrainConfig()
     check_examples(examples)
@@ -363,7 +385,13 @@ def train_lora(
         path = resolve_model(model)
         tok = AutoTokenizer.from_pretrained(path)
         encoded = encode_examples(tok, examples, cfg.max_length)
-        train_idx, val_idx = split_indices(len(encoded), cfg.val_fraction, cfg.seed)
+        train_idx, val_idx = split_indices(len(encoded), cfg.val_fraction, cfg.seed, n_gold)
+        if n_gold == 0 and cfg.val_fraction > 0:
+            log.warning("no gold examples to validate on (pseudo-labels only): no early stopping, "
+                        "all %d epochs run", cfg.epochs)
+        if n_gold is not None and pseudo_weight != 1.0:
+            for e in encoded[n_gold:]:
+                e["weight"] = pseudo_weight
         train_set = [encoded[i] for i in train_idx]
         val_set = [encoded[i] for i in val_idx]
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -383,6 +411,16 @@ def train_lora(
             peft_model = get_peft_model(base, lora)
         if peft_model.peft_config["default"].modules_to_save:
             raise ValueError("adapter has modules_to_save (full copies of layers): vLLM cannot serve it")
+
+        class WeightedTrainer(Trainer):
+            """Takes the rows' loss weights (PadCollator's `loss_weights`) out before the model sees
+            the batch; target_loss applies them."""
+
+            row_weights = None
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                self.row_weights = inputs.pop("loss_weights", None)
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         BestAndEarlyStop, progress_cls = _make_callbacks(progress)
         tracker = BestAndEarlyStop(peft_model, cfg.early_stopping_patience)
@@ -416,9 +454,11 @@ def train_lora(
                 activation_checkpointing=gradient_checkpointing,
                 activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
             )
-            trainer = Trainer(
+            trainer = WeightedTrainer(
                 model=peft_model, args=args, data_collator=PadCollator(pad_id),
-                compute_loss_func=target_loss, train_dataset=train_set, eval_dataset=val_set or None, callbacks=[tracker],
+                compute_loss_func=lambda out, labels, num_items_in_batch=None: target_loss(
+                    out, labels, num_items_in_batch, trainer.row_weights),
+                train_dataset=train_set, eval_dataset=val_set or None, callbacks=[tracker],
             )
             # Replace the per-step printing the Trainer adds with a quiet bar (or nothing).
             trainer.remove_callback(PrinterCallback)

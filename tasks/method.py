@@ -30,12 +30,12 @@ from .common import RETRY, StepCache, gpu_slot, output, record_execution, timed
 
 # Config fields each step reads (checked against the core: collaboration.py, justification.py,
 # evaluation.py, training.py). Generation's fields are inside steps.generation_key.
-TRAIN_FIELDS = ("model", "train")
+TRAIN_FIELDS = ("model", "train", "pseudo_weight")
 EMBED_FIELDS = ("embedder",)
 RETRIEVE_FIELDS = ("k_demos",)
 COLLECT_FIELDS = ("knn_collaborator",)
 JUSTIFY_FIELDS = ("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed")
-FILTER_FIELDS = ("theta", "selection_scope", "class_balance", "source_balance")
+FILTER_FIELDS = ("theta", "selection_scope", "class_balance", "source_balance", "agreement", "class_quota")
 EVAL_FIELDS = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos",
                "bootstrap_samples", "seed")
 
@@ -199,15 +199,18 @@ def justify(cfg, votes: str, responses: str, unlabeled: str, warm_adapter: str, 
 
 
 @task(name="filter", cache_policy=_cached(config_fields=FILTER_FIELDS, outputs=("out",),
-                                          files=("votes", "justified", "responses", "unlabeled", "oracle")),
+                                          files=("votes", "justified", "responses", "unlabeled", "labeled",
+                                                 "oracle")),
       **COMMON)
 @timed
-def filter_labels(cfg, votes: str, justified: str, responses: str, unlabeled: str, oracle: str | None,
-                  answer_type: str, out: str) -> dict:
-    """Adaptive selection (θ) and its statistics (pseudo-label accuracy when an oracle exists)."""
+def filter_labels(cfg, votes: str, justified: str, responses: str, unlabeled: str, labeled: str,
+                  oracle: str | None, answer_type: str, out: str) -> dict:
+    """Adaptive selection (θ; kNN agreement, class quotas from the labeled prior) and its
+    statistics (removed per rule, class mix vs the labeled prior, accuracy when an oracle exists)."""
     record_execution("filter")
-    path = steps.select_step(cfg, votes, justified, responses, out)
-    return output(path, stats=steps.selection_stats(path, votes, oracle, answer_type, unlabeled))
+    path = steps.select_step(cfg, votes, justified, responses, labeled, out)
+    return output(path, stats=steps.selection_stats(path, votes, oracle, answer_type, unlabeled, labeled=labeled,
+                                                    responses=responses, agreement=cfg.agreement))
 
 
 # ------------------------------------------------------------------------------ 7. evaluation

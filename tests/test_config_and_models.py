@@ -64,3 +64,16 @@ def test_bundled_embedder_is_offline_normalised_and_semantic():
     np.testing.assert_allclose(emb.embed(["The cat sat on the mat.", "Profits rose sharply this quarter."]),
                                v[[2, 0]], atol=1e-5)
     assert emb.embed([]).shape == (0, 384)
+
+
+def test_the_nightly_deployment_runs_the_recommended_recipe():
+    """prefect.yaml cannot read a config file, so its `config` anchor repeats recommended.yaml:
+    this keeps the two from drifting apart."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    deployed = yaml.safe_load((root / "prefect.yaml").read_text())["definitions"]["config"]
+    recommended = yaml.safe_load((root / "deployments" / "configs" / "recommended.yaml").read_text())
+    assert SemiEvolConfig.model_validate(deployed) == SemiEvolConfig.model_validate(recommended)

@@ -1,0 +1,284 @@
+"""Label efficiency on FPB: test accuracy against the number of labels, with ALL unlabeled rows.
+
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --sft-epochs 3,6,12  # SFT sweep
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe recommended  # ~35 min
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe paper
+    .venv/bin/python bench/label_efficiency.py --vanilla      # the base model, once (no labels used)
+    .venv/bin/python bench/label_efficiency.py --report       # rewrite the .md and .png from the JSON
+
+One call is one cell: a labeled budget (a seeded, class-stratified subset of FPB's labeled.csv),
+one seed, one thing to measure. Every cell uses all 1,357 unlabeled rows and all 453 test rows
+(SmolLM2-135M-Instruct on CPU, letter-scored evaluation for every system). Each call merges its
+records into bench/results/label_efficiency.json (keyed by budget, seed, system) and rewrites
+label_efficiency.md and label_efficiency.png, so results land one cell at a time.
+
+Systems: `knn_vote` (the labeled neighbours' majority label, no LLM), `sft` (LoRA on the budget,
+the policy of `train` in the recipe's config: early stopping on a validation slice of the budget),
+`sft_e<E>` (the convergence sweep: the same with an epoch cap of E), `semievol_<recipe>` (the
+recipe's config from deployments/configs/<recipe>.yaml), `vanilla` (no labels at all). A recipe
+run's SFT is the warm adapter it starts from; the paired SemiEvol-vs-SFT difference (95% CI,
+McNemar p) is taken on the same test questions. Run directories live under bench/runs/le/
+(git-ignored); the warm adapter is copied between recipes when their training keys match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from quality import SHARED, apply_overrides, machine, seed_run_dir
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+OUT_JSON = RESULTS / "label_efficiency.json"
+RUNS = HERE / "runs" / "le"
+CONFIGS = ROOT / "deployments" / "configs"
+# The paper's recipe as published, scored by option letters on CPU: free-text collaborators at T=1
+# over 1,357 rows x 4 would take hours here; selection, training and everything else as published.
+RECIPE_OVERRIDES = {"paper": ["collaboration_mode=choice_logprobs", "eval_mode=choice_logprobs",
+                              "execution.progress=false"]}
+
+
+# ------------------------------------------------------------------------------ data
+def full_dataset() -> Path:
+    from semievol_core.data import import_csv_dir
+
+    d = HERE / "runs" / "data" / "fpb"
+    if not (d / "labeled.parquet").exists():
+        import_csv_dir(SHARED / "fpb", d, overwrite=True)
+    return d
+
+
+def stratified(df, n: int, seed: int):
+    """n rows keeping the class mix (largest-remainder rounding), sampled with `seed`."""
+    import pandas as pd
+
+    if n >= len(df):
+        return df.reset_index(drop=True)
+    share = df["answer"].value_counts(normalize=True).sort_index() * n
+    take = share.astype(int)
+    for cls in (share - take).sort_values(ascending=False).index[: n - int(take.sum())]:
+        take[cls] += 1
+    parts = [df[df["answer"] == cls].sample(n=int(k), random_state=seed) for cls, k in take.items() if k]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def budget_dataset(n: int, seed: int) -> Path:
+    """A dataset directory: `n` labeled rows, every unlabeled and test row, the oracle."""
+    from semievol_core.data import read_table, write_table
+
+    src, d = full_dataset(), RUNS / "data" / f"b{n}-s{seed}"
+    if not (d / "labeled.parquet").exists():
+        labeled = stratified(read_table(src / "labeled.parquet", "labeled"), n, seed)
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("unlabeled", "test.parquet", "oracle.parquet"):
+            if not (d / name).exists():
+                (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, d / name)
+        write_table(labeled, d / "labeled.parquet", "labeled")
+    return d
+
+
+# ------------------------------------------------------------------------------ running
+def recipe_config(recipe: str, extra: list[str]):
+    from semievol_core.config import SemiEvolConfig, load_yaml_mapping
+
+    data = load_yaml_mapping(CONFIGS / f"{recipe}.yaml")
+    return SemiEvolConfig.model_validate(apply_overrides(data, RECIPE_OVERRIDES.get(recipe, []) + extra))
+
+
+def adapter_facts(adapter: Path) -> dict:
+    """Best epoch (loss_curve.json) and epochs run (train_config.json) of a trained adapter."""
+    if not (adapter / "loss_curve.json").exists():
+        return {}
+    curve = json.loads((adapter / "loss_curve.json").read_text())
+    run = json.loads((adapter / "train_config.json").read_text())
+    return {"best_epoch": curve.get("best_epoch"), "epochs_run": run.get("epochs_run"),
+            "n_train": run.get("n_train"), "n_val": run.get("n_val")}
+
+
+def record(n: int, seed: int, system: str, m: dict, **extra) -> dict:
+    return {"n_labeled": n, "seed": seed, "system": system, "accuracy": m["accuracy"],
+            "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n_test": m["n"], **extra}
+
+
+def run_cell(data: Path, run: Path, cfg, systems: list[str]) -> tuple[dict, float]:
+    from semievol_core.pipeline import run_semievol
+
+    t0 = time.perf_counter()
+    report = run_semievol(data, run, cfg, systems=systems)
+    return report, round(time.perf_counter() - t0, 1)
+
+
+def sft_sweep(n: int, seed: int, epochs: list[int], extra: list[str]) -> list[dict]:
+    data, out = budget_dataset(n, seed), []
+    for e in epochs:
+        cfg = recipe_config("recommended", extra + [f"train.epochs={e}"])
+        run = RUNS / f"b{n}-s{seed}-sft-e{e}"
+        report, wall = run_cell(data, run, cfg, ["sft"])
+        out.append(record(n, seed, f"sft_e{e}", report["systems"]["sft"], wall_s=wall,
+                          epoch_cap=e, **adapter_facts(run / "warm_adapter"),
+                          timings=report["timings"]))
+    return out
+
+
+def recipe_cell(n: int, seed: int, recipe: str, extra: list[str]) -> list[dict]:
+    data = budget_dataset(n, seed)
+    cfg = recipe_config(recipe, extra)
+    run = RUNS / f"b{n}-s{seed}-{recipe}"
+    for other in RUNS.glob(f"b{n}-s{seed}-*"):  # same training key: the warm adapter is re-used
+        if other != run and (other / "warm_adapter").exists():
+            seed_run_dir(other, run)
+            break
+    report, wall = run_cell(data, run, cfg, ["knn_vote", "sft", "semievol"])
+    sel, cmp, t = report["selection"], report["semievol_vs_sft"], report["timings"]
+    n_unl = sel.get("n_unlabeled", 0)
+    warm = adapter_facts(run / "warm_adapter")
+    records = [
+        record(n, seed, "knn_vote", report["systems"]["knn_vote"], timings={k: t[k] for k in ("embed", "retrieve")}),
+        record(n, seed, "sft", report["systems"]["sft"], **warm, timings={"train-warm": t.get("train-warm")}),
+        record(n, seed, f"semievol_{recipe}", report["systems"]["semievol"], wall_s=wall,
+               n_unlabeled_used=n_unl, selected=sel.get("n_selected"),
+               selected_accuracy=sel.get("pseudo_label_accuracy"),
+               all_pseudo_label_accuracy=sel.get("pseudo_label_accuracy_all"),
+               selected_class_counts=sel.get("selected_class_counts"),
+               selection=sel, vs_sft=cmp, **{f"final_{k}": v for k, v in
+                                            adapter_facts(run / "semievol_adapter").items()},
+               warm=warm, timings=t, config=cfg.result_fields()),
+    ]
+    return records
+
+
+def vanilla() -> list[dict]:
+    cfg = recipe_config("recommended", [])
+    report, wall = run_cell(budget_dataset(64, 0), RUNS / "vanilla", cfg, ["vanilla"])
+    return [record(0, 0, "vanilla", report["systems"]["vanilla"], wall_s=wall)]
+
+
+# ------------------------------------------------------------------------------ results
+def merge(new: list[dict]) -> dict:
+    prev = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    key = lambda r: (r["n_labeled"], r["seed"], r["system"])  # noqa: E731
+    replaced = {key(r) for r in new}
+    records = sorted([r for r in prev.get("records", []) if key(r) not in replaced] + new,
+                     key=lambda r: (r["n_labeled"], r["system"], r["seed"]))
+    return {**prev, "machine": machine(), "model": "smollm2-135m-instruct", "dataset": "fpb",
+            "records": records}
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(data: dict) -> str:
+    import numpy as np
+
+    recs = data["records"]
+    lines = ["# Label efficiency on FPB (SmolLM2-135M-Instruct, CPU, all unlabeled rows, 453 test)", "",
+             "Accuracy % per labeled budget: mean over seeds (per seed in brackets).", "",
+             "| labels | system | mean accuracy % | per seed | 95% CI (seed 0) | best / run epochs |",
+             "|---:|---|---:|---|---|---|"]
+    groups: dict = {}
+    for r in recs:
+        groups.setdefault((r["n_labeled"], r["system"]), []).append(r)
+    for (n, system), rs in sorted(groups.items()):
+        accs = [r["accuracy"] for r in rs]
+        first = rs[0]
+        ep = " ".join(f"{r.get('best_epoch') or r.get('final_best_epoch')}/"
+                      f"{r.get('epochs_run') or r.get('final_epochs_run')}" for r in rs
+                      if r.get("epochs_run") or r.get("final_epochs_run"))
+        lines.append(f"| {n} | {system} | {pct(float(np.mean(accs)))} | "
+                     f"{' '.join(pct(a) for a in accs)} | {pct(first['ci_low'])}–{pct(first['ci_high'])} | {ep} |")
+    lines += ["", "## SemiEvol vs SFT, paired on the same test questions", "",
+              "| labels | seed | recipe | difference (points) | 95% CI | McNemar p | verdict |",
+              "|---:|---:|---|---:|---|---:|---|"]
+    for r in recs:
+        if "vs_sft" in r:
+            c = r["vs_sft"]
+            lines.append(f"| {r['n_labeled']} | {r['seed']} | {r['system']} | {100 * c['difference']:+.1f} | "
+                         f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f} | {c['mcnemar_p']:.3g} | "
+                         f"{'better' if c['better'] else 'not better'} |")
+    lines += ["", "## Pseudo-labels", "",
+              "| labels | seed | recipe | selected / unlabeled | selected accuracy % | all accuracy % | class counts |",
+              "|---:|---:|---|---:|---:|---:|---|"]
+    for r in recs:
+        if "selected" in r:
+            lines.append(f"| {r['n_labeled']} | {r['seed']} | {r['system']} | {r['selected']} / "
+                         f"{r['n_unlabeled_used']} | {pct(r['selected_accuracy'])} | "
+                         f"{pct(r['all_pseudo_label_accuracy'])} | {r['selected_class_counts']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_system: dict = {}
+    for r in data["records"]:
+        if r["system"].startswith("sft_e"):
+            continue  # the sweep is in the table; the plot shows the systems
+        by_system.setdefault(r["system"], {}).setdefault(r["n_labeled"], []).append(r)
+    budgets = sorted({n for s in by_system.values() for n in s if n})
+    for system, cells in sorted(by_system.items()):
+        if system == "vanilla":
+            acc = cells[0][0]["accuracy"] * 100
+            ax.axhline(acc, color="grey", ls=":", label=f"vanilla ({acc:.1f})")
+            continue
+        xs = sorted(cells)
+        mean = [100 * np.mean([r["accuracy"] for r in cells[x]]) for x in xs]
+        lo = [100 * np.mean([r["ci_low"] for r in cells[x]]) for x in xs]
+        hi = [100 * np.mean([r["ci_high"] for r in cells[x]]) for x in xs]
+        line, = ax.plot(xs, mean, marker="o", label=system)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets or [64])
+    ax.set_xticklabels([str(b) for b in budgets or [64]])
+    ax.set_xlabel("labeled examples (all 1,357 unlabeled rows used)")
+    ax.set_ylabel("test accuracy % (453 questions; band: mean 95% CI)")
+    ax.set_title("FPB, SmolLM2-135M-Instruct: accuracy vs labels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write(data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "label_efficiency.md").write_text(markdown(data))
+    plot(data, RESULTS / "label_efficiency.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labeled", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", help="deployments/configs/<recipe>.yaml: paper, recommended")
+    ap.add_argument("--sft-epochs", help="comma-separated epoch caps for the SFT convergence sweep")
+    ap.add_argument("--vanilla", action="store_true", help="evaluate the base model (once)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field (dotted for nested: train.epochs=6); repeatable")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    new: list[dict] = []
+    if args.vanilla:
+        new += vanilla()
+    if args.sft_epochs:
+        new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
+    if args.recipe:
+        new += recipe_cell(args.labeled, args.seed, args.recipe, args.set)
+    data = merge(new) if new else json.loads(OUT_JSON.read_text())
+    write(data)
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
