@@ -72,6 +72,10 @@ class TrainConfig(BaseModel):
     target_modules: str | list[str] = "all-linear"
     # Optimisation. lr 1e-3 with up to 3 epochs (early stopping picks fewer): bench/training_defaults.md.
     epochs: int = Field(3, ge=1)
+    # Optimizer updates in all; when set it replaces `epochs` (how many epochs that is follows from
+    # the number of examples). The same budget for the SFT baseline and the final fine-tune means a
+    # difference between them comes from the data, not from extra optimizer steps.
+    max_steps: int | None = Field(None, ge=1)
     learning_rate: float = Field(1e-3, ge=0)
     batch_size: int = Field(8, ge=1)  # examples per device step
     grad_accum: int = Field(1, ge=1)  # steps per optimizer update (effective batch = product)
@@ -428,6 +432,7 @@ def train_lora(
             args = TrainingArguments(
                 output_dir=scratch,  # nothing is saved there (save_strategy "no"); deleted after
                 num_train_epochs=cfg.epochs,
+                max_steps=cfg.max_steps or -1,  # -1: the epochs decide
                 per_device_train_batch_size=cfg.batch_size,
                 per_device_eval_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum,

@@ -242,3 +242,14 @@ def test_early_stopping_stops_on_overfitting_and_keeps_the_best_epoch(sharp_mode
         labels = batch.pop("labels")
         loss = target_loss(model(**batch), labels).item()
     assert loss == pytest.approx(res.best_val_loss, rel=1e-4)
+
+
+def test_max_steps_sets_the_number_of_optimizer_updates_whatever_the_data_size(sharp_model_dir, tmp_path):
+    """SFT and the final fine-tune get the same update budget: 6 updates of 4 rows are 3 epochs of
+    8 rows or 1.5 epochs of 16, and `epochs` no longer counts."""
+    for n in (8, 16):
+        cfg = fast_config(epochs=1, val_fraction=0, early_stopping_patience=None, max_steps=6)
+        train_lora(str(sharp_model_dir), make_examples(n, ["A"] * n), tmp_path / f"n{n}", cfg, progress=False)
+        curve = json.loads((tmp_path / f"n{n}" / "loss_curve.json").read_text())
+        assert [s["step"] for s in curve["train"]] == [1, 2, 3, 4, 5, 6]
+        assert curve["train"][-1]["epoch"] == pytest.approx(6 * 4 / n)
