@@ -153,6 +153,33 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str]) -> list[dict]:
     return records
 
 
+def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str]) -> list[dict]:
+    """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
+    (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
+    the released code's "continue" with the labeled rows kept in). Same start, same updates: the
+    difference is the pseudo-labels alone."""
+    from semievol_core import steps as core
+
+    run = RUNS / f"b{n}-s{seed}-{recipe}"
+    cfg = recipe_config(recipe, extra + [f"train.max_steps={steps}"])
+    d, warm = run / "data", run / "warm_adapter"
+    test, answer_type = d / "test.parquet", "choice"
+    arms = {f"sft_plus{steps}": None, f"semievol_{recipe}_continue{steps}": run / "pseudo_labels.parquet"}
+    out, preds = [], {}
+    for system, pseudo in arms.items():
+        t0 = time.perf_counter()
+        adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], run / f"{system}_adapter",
+                                     init_adapter=warm, pseudo_labels=pseudo,
+                                     unlabeled=d / "unlabeled.parquet" if pseudo else None)
+        preds[system] = run / "predictions" / f"{system}.parquet"
+        m = core.evaluate_system(cfg, "sft", test, answer_type, preds[system], adapter=adapter)
+        out.append(record(n, seed, system, m, wall_s=round(time.perf_counter() - t0, 1),
+                          start="warm adapter", extra_steps=steps, **adapter_facts(adapter)))
+    sft_arm, semi_arm = preds.values()
+    out[-1]["vs_sft"] = core.compare(semi_arm, sft_arm, cfg.bootstrap_samples, cfg.seed)
+    return out
+
+
 def vanilla() -> list[dict]:
     cfg = recipe_config("recommended", [])
     report, wall = run_cell(budget_dataset(64, 0), RUNS / "vanilla", cfg, ["vanilla"])
@@ -263,6 +290,8 @@ def main() -> None:
     ap.add_argument("--recipe", help="deployments/configs/<recipe>.yaml: paper, recommended")
     ap.add_argument("--sft-epochs", help="comma-separated epoch caps for the SFT convergence sweep")
     ap.add_argument("--vanilla", action="store_true", help="evaluate the base model (once)")
+    ap.add_argument("--continue-steps", type=int, metavar="N",
+                    help="with --recipe: N more updates from its warm adapter, gold only vs gold + pseudo")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
@@ -273,7 +302,9 @@ def main() -> None:
         new += vanilla()
     if args.sft_epochs:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
-    if args.recipe:
+    if args.recipe and args.continue_steps:
+        new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set)
+    elif args.recipe:
         new += recipe_cell(args.labeled, args.seed, args.recipe, args.set)
     data = merge(new) if new else json.loads(OUT_JSON.read_text())
     write(data)
