@@ -263,8 +263,9 @@ def plot(data: dict, path: Path) -> None:
         mean = [100 * np.mean([r["accuracy"] for r in cells[x]]) for x in xs]
         lo = [100 * np.mean([r["ci_low"] for r in cells[x]]) for x in xs]
         hi = [100 * np.mean([r["ci_high"] for r in cells[x]]) for x in xs]
-        line, = ax.plot(xs, mean, marker="o", label=system)
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        bars = ax.errorbar(xs, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)], marker="o",
+                           capsize=3, label=system)
+        ax.fill_between(xs, lo, hi, color=bars.lines[0].get_color(), alpha=0.12)  # the band, 2+ budgets
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets or [64])
     ax.set_xticklabels([str(b) for b in budgets or [64]])

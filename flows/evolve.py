@@ -12,7 +12,8 @@ so a killed run loses at most the shard in flight.
 
 Artifacts (keys shared across runs, so the UI shows each one's history): `semievol-verdict`
 (SemiEvol - SFT with its CI and McNemar p: better or not), `semievol-accuracy`
-(accuracy and 95% CI per system), `semievol-selection` (pseudo-label statistics),
+(accuracy and 95% CI per system), `semievol-selection` (pseudo-label statistics: class mix by label
+name next to the labeled prior, labels removed per rule, accuracy when an oracle exists),
 `semievol-report` (report.md + where the outputs are), `semievol-generation` (progress).
 """
 
