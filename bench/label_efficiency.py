@@ -13,8 +13,10 @@ records into bench/results/label_efficiency.json (keyed by budget, seed, system)
 label_efficiency.md and label_efficiency.png, so results land one cell at a time.
 
 Systems: `knn_vote` (the labeled neighbours' majority label, no LLM), `sft` (LoRA on the budget,
-the policy of `train` in the recipe's config: early stopping on a validation slice of the budget),
-`sft_e<E>` (the convergence sweep: the same with an epoch cap of E), `semievol_<recipe>` (the
+the policy of `train` in the recipe's config: `recommended` trains 96 optimizer updates),
+`sft_e<E>` (the convergence sweep: E epochs, the recipe's update budget lifted),
+`sft_plus<N>` / `semievol_<recipe>_continue<N>` (N more updates from the recipe's SFT, on the gold
+rows alone / on gold + the selected pseudo-labels), `semievol_<recipe>` (the
 recipe's config from deployments/configs/<recipe>.yaml), `vanilla` (no labels at all). A recipe
 run's SFT is the warm adapter it starts from; the paired SemiEvol-vs-SFT difference (95% CI,
 McNemar p) is taken on the same test questions. Run directories live under bench/runs/le/
@@ -117,7 +119,8 @@ def run_cell(data: Path, run: Path, cfg, systems: list[str]) -> tuple[dict, floa
 def sft_sweep(n: int, seed: int, epochs: list[int], extra: list[str]) -> list[dict]:
     data, out = budget_dataset(n, seed), []
     for e in epochs:
-        cfg = recipe_config("recommended", extra + [f"train.epochs={e}"])
+        # epochs decide here, not the recipe's update budget (max_steps would override them)
+        cfg = recipe_config("recommended", extra + [f"train.epochs={e}", "train.max_steps=null"])
         run = RUNS / f"b{n}-s{seed}-sft-e{e}"
         report, wall = run_cell(data, run, cfg, ["sft"])
         out.append(record(n, seed, f"sft_e{e}", report["systems"]["sft"], wall_s=wall,

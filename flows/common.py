@@ -63,7 +63,7 @@ class StepRunner:
         self.logger = logger
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
-        self.cached_seconds: dict[str, float] = {}
+        self._cached_seconds: dict[str, float] = {}
         self.executed: list[str] = []
         self._bound: dict[tuple[str, str], Task] = {}
 
@@ -72,6 +72,12 @@ class StepRunner:
             self._bound[task.name, name] = task.with_options(result_storage=self.storage,
                                                              task_run_name=name)
         return self._bound[task.name, name]
+
+    @property
+    def cached_seconds(self) -> dict[str, float]:
+        """Steps answered wholly from the cache -> what they took when computed (a step that ran
+        in part, e.g. new generation shards, shows this run's time instead)."""
+        return {k: v for k, v in self._cached_seconds.items() if k not in self.executed}
 
     def run(self, step: str, task: Task, name: str | None = None, **kwargs: Any) -> Any:
         """Run `task` as `step` (the timing key); its task run is called `name` (default: step)."""
@@ -89,7 +95,7 @@ class StepRunner:
             hit = False
         (self.cached if hit else self.executed).append(step)
         if hit and isinstance(result, dict) and result.get("seconds") is not None:
-            self.cached_seconds[step] = round(self.cached_seconds.get(step, 0.0) + result["seconds"], 3)
+            self._cached_seconds[step] = round(self._cached_seconds.get(step, 0.0) + result["seconds"], 3)
         self.timings[step] = round(self.timings.get(step, 0.0) + time.perf_counter() - t0, 3)
         return result
 

@@ -392,7 +392,8 @@ def train_lora(
         train_idx, val_idx = split_indices(len(encoded), cfg.val_fraction, cfg.seed, n_gold)
         if n_gold == 0 and cfg.val_fraction > 0:
             log.warning("no gold examples to validate on (pseudo-labels only): no early stopping, "
-                        "all %d epochs run", cfg.epochs)
+                        "the whole budget runs (%s)", f"{cfg.max_steps} updates" if cfg.max_steps
+                        else f"{cfg.epochs} epochs")
         if n_gold is not None and pseudo_weight != 1.0:
             for e in encoded[n_gold:]:
                 e["weight"] = pseudo_weight

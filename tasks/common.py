@@ -23,8 +23,8 @@ runs on one machine queue for the device instead of fighting over its memory. Fl
 server has none; without it Prefect's `concurrency()` logs a warning and does not limit at all.
 A run killed while it holds the slot must not block every later run: slots are leased for
 GPU_LEASE_SECONDS (a lasting server revokes a lease its dead holder stops renewing), and without a
-lasting server, where nothing revokes leases, `free_orphaned_slots` gives back a slot when no
-process registered under PREFECT_HOME as a holder is alive. A waiting run logs every 30 s.
+lasting server, where nothing revokes leases, `free_orphaned_slots` gives back the slots beyond
+the live processes registered under PREFECT_HOME as holding one. A waiting run logs every 30 s.
 
 `timed`: under @task, adds `seconds` (the body's wall time) to the task's result dict, so a cache
 hit can report what the step took when it was computed instead of ~0.
@@ -204,6 +204,7 @@ RETRY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1
 # run frees the device for the next night within a minute, not Prefect's default 5.
 GPU_LEASE_SECONDS = 60
 WAIT_LOG_SECONDS = 30  # while waiting for the slot, say so this often
+POLL_SECONDS = 2.0  # one try for the slot; between tries the holders' lock is free
 FREE_HINT = f"prefect gcl update {GPU_LIMIT} --active-slots 0"
 
 
@@ -213,6 +214,23 @@ def _holders_dir() -> Path:
     from prefect.settings import get_current_settings
 
     return Path(get_current_settings().home) / "semievol-gpu-holders"
+
+
+@contextmanager
+def _holders_lock() -> Iterator[None]:
+    """This machine's processes take a slot and mark themselves holding under this lock, and
+    free_orphaned_slots counts holders under it: it never sees a slot granted but not yet marked.
+    flock: the kernel drops it when a killed process dies."""
+    import fcntl
+
+    d = _holders_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:
@@ -226,14 +244,13 @@ def _alive(pid: int) -> bool:
 
 
 def _registered() -> tuple[list[dict], list[Path]]:
-    """(live holders, files of dead ones) among this host's registrations."""
+    """(live registrations, files of dead processes) under PREFECT_HOME."""
     live, dead = [], []
     d = _holders_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # half-written by a process killed mid-write
-            dead.append(f)
+            rec = json.loads(f.read_text(encoding="utf-8"))  # written whole (save_json), never torn
+        except (OSError, ValueError):  # removed between the glob and the read
             continue
         # another host's process (a shared PREFECT_HOME) cannot be checked: count it as live
         if rec.get("host") != socket.gethostname() or _alive(int(rec["pid"])):
@@ -244,11 +261,12 @@ def _registered() -> tuple[list[dict], list[Path]]:
 
 
 def free_orphaned_slots(logger) -> int:
-    """Give back `gpu` slots whose holder process is gone; returns how many were freed.
+    """Give back `gpu` slots no live process holds; returns how many were freed.
 
     Only without PREFECT_API_URL: then every run is a process of this machine using the database
     under PREFECT_HOME through a temporary server that dies with it, so a `kill -9` leaves its slot
-    taken with no lease left to expire, and any process that could hold a slot is registered here.
+    taken with no lease left to expire, and every process that holds a slot is registered here
+    (marked "holding" under _holders_lock, in the same critical section that took the slot).
     With a lasting server (other machines may hold slots) the lease expiry frees them instead.
     """
     from prefect.client.orchestration import get_client
@@ -258,22 +276,22 @@ def free_orphaned_slots(logger) -> int:
 
     if get_current_settings().api.url:
         return 0
-    live, dead = _registered()
-    for f in dead:
-        f.unlink(missing_ok=True)
-    if live:  # a live run may hold the slot: never take it away
-        return 0
-    with get_client(sync_client=True) as client:
+    with _holders_lock(), get_client(sync_client=True) as client:
+        live, dead = _registered()
+        for f in dead:
+            f.unlink(missing_ok=True)
+        holding = sum(rec.get("state") == "holding" for rec in live)
         try:
             limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
         except ObjectNotFound:
             return 0
-        if limit.active_slots == 0:
+        freed = limit.active_slots - holding
+        if freed <= 0:
             return 0
-        client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
-    logger.warning("freed %d `%s` slot(s) left taken by a run that died (no live holder on this "
-                   "machine)", limit.active_slots, GPU_LIMIT)
-    return limit.active_slots
+        client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=holding))
+    logger.warning("freed %d `%s` slot(s) left taken by a run that died (%d live holder(s) on this "
+                   "machine)", freed, GPU_LIMIT, holding)
+    return freed
 
 
 def ensure_gpu_limit(logger) -> None:
@@ -300,16 +318,19 @@ def ensure_gpu_limit(logger) -> None:
 
 @contextmanager
 def _registration() -> Iterator[Path]:
-    """This process, registered as waiting for or holding a slot (see free_orphaned_slots)."""
-    d = _holders_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    f = d / f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
-    f.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}), encoding="utf-8")
+    """This process, registered as waiting for a slot (see free_orphaned_slots); _mark flips it to
+    holding. save_json writes whole files, so a scan never reads half a registration."""
+    f = _holders_dir() / f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
+    _mark(f, "waiting")
     try:
         yield f
     finally:
         f.unlink(missing_ok=True)
+
+
+def _mark(f: Path, state: str) -> None:
+    steps.save_json({"pid": os.getpid(), "host": socket.gethostname(), "state": state,
+                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
 
 
 def _logger():
@@ -329,24 +350,30 @@ def gpu_slot() -> Iterator[None]:
     """Hold one slot of the `gpu` limit. strict=False: if the limit is missing (a task called
     outside our flows), Prefect logs a warning and runs unlimited rather than failing.
 
-    The wait is never silent: every WAIT_LOG_SECONDS it logs how long it has waited, who else is
-    registered, and how to free a slot by hand; and it frees slots whose holder died meanwhile."""
-    t0 = time.monotonic()
-    with _registration(), ExitStack() as held:
+    Tries every POLL_SECONDS; between tries it frees slots whose holder died meanwhile, and every
+    WAIT_LOG_SECONDS it logs how long it has waited, who holds the device, and how to free it."""
+    t0 = last_log = time.monotonic()
+    with _registration() as me, ExitStack() as held:
         while True:
-            try:
-                held.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=False,
-                                               timeout_seconds=WAIT_LOG_SECONDS,
-                                               lease_duration=GPU_LEASE_SECONDS))
-                break
-            except TimeoutError:
-                log = _logger()
-                others = [f"pid {r['pid']} since {r['since']}" for r in _registered()[0]
-                          if r["pid"] != os.getpid()]
-                log.warning("waited %.0f s for a `%s` slot (other runs here: %s); if no run is "
-                            "using the device, free it with `%s`", time.monotonic() - t0, GPU_LIMIT,
-                            ", ".join(others) or "none", FREE_HINT)
-                free_orphaned_slots(log)
+            with _holders_lock():
+                try:
+                    held.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=False,
+                                                   timeout_seconds=POLL_SECONDS,
+                                                   lease_duration=GPU_LEASE_SECONDS))
+                    _mark(me, "holding")
+                    break
+                except TimeoutError:
+                    pass
+            log = _logger()
+            free_orphaned_slots(log)
+            if time.monotonic() - last_log >= WAIT_LOG_SECONDS:
+                last_log = time.monotonic()
+                holders = [f"pid {r['pid']} on {r['host']} since {r['since']}" for r in _registered()[0]
+                           if r.get("state") == "holding"]
+                log.warning("waited %.0f s for a `%s` slot (held by: %s); if no run is using the "
+                            "device, free it with `%s`", last_log - t0, GPU_LIMIT,
+                            ", ".join(holders) or "no run on this machine", FREE_HINT)
+            time.sleep(POLL_SECONDS)
         yield
 
 

@@ -2,8 +2,9 @@
 
 Two real processes on one PREFECT_HOME, each with Prefect's temporary (ephemeral) server, as
 `semievol evolve` runs without PREFECT_API_URL: the first takes the slot inside a task and is
-killed with SIGKILL; the second must get the slot and finish, saying that it freed it. Before the
-fix the second waited forever at 0% CPU. ~40 s (two ephemeral server start-ups).
+killed with SIGKILL; the second, started after the kill or already waiting for the slot when the
+kill comes, must get the slot and finish, saying that it freed it. Before the fix the second
+waited forever at 0% CPU. ~30 s per case (two ephemeral server start-ups).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _start(script: Path, env: dict, marker: Path, seconds: float, log: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_run_killed_holding_the_gpu_slot_does_not_block_the_next_run(tmp_path):
+@pytest.mark.parametrize("second_starts", ["after the kill", "before the kill"])
+def test_a_run_killed_holding_the_gpu_slot_does_not_block_the_next_run(tmp_path, second_starts):
     script = tmp_path / "run.py"
     script.write_text(RUN)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -63,10 +65,18 @@ def test_a_run_killed_holding_the_gpu_slot_does_not_block_the_next_run(tmp_path)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "the first run never took the slot"
         time.sleep(0.5)
+    if second_starts == "before the kill":  # it registers and waits, polling for the slot
+        second = _start(script, env, tmp_path / "second.holding", 0, tmp_path / "second.log")
+        holders = tmp_path / "prefect-home" / "semievol-gpu-holders"
+        while not any('"waiting"' in f.read_text() for f in holders.glob("*.json")):
+            assert second.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+            assert time.monotonic() < deadline + 60, "the second run never started waiting"
+            time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the whole group: the run and its temporary server
     first.wait(timeout=30)
 
-    second = _start(script, env, tmp_path / "second.holding", 0, tmp_path / "second.log")
+    if second_starts == "after the kill":
+        second = _start(script, env, tmp_path / "second.holding", 0, tmp_path / "second.log")
     try:
         rc = second.wait(timeout=180)
     except subprocess.TimeoutExpired:
