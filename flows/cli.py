@@ -321,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The temporary local server starts in a subprocess; on a machine busy loading models the
     # default 20 s can run out. Set before Prefect is imported (it reads settings then).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # The temporary server's telemetry cannot reach the internet on offline machines and logs an
+    # ERROR line a new user reads as a failure; a lasting server keeps the user's own setting.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -204,7 +204,7 @@ RETRY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1
 # run frees the device for the next night within a minute, not Prefect's default 5.
 GPU_LEASE_SECONDS = 60
 WAIT_LOG_SECONDS = 30  # while waiting for the slot, say so this often
-POLL_SECONDS = 2.0  # one try for the slot; between tries the holders' lock is free
+POLL_SECONDS = 2.0  # between looks for a free slot (the holders' lock is free meanwhile)
 FREE_HINT = f"prefect gcl update {GPU_LIMIT} --active-slots 0"
 
 
@@ -350,20 +350,19 @@ def gpu_slot() -> Iterator[None]:
     """Hold one slot of the `gpu` limit. strict=False: if the limit is missing (a task called
     outside our flows), Prefect logs a warning and runs unlimited rather than failing.
 
-    Tries every POLL_SECONDS; between tries it frees slots whose holder died meanwhile, and every
-    WAIT_LOG_SECONDS it logs how long it has waited, who holds the device, and how to free it."""
+    Looks every POLL_SECONDS whether a slot is free and only then takes it (Prefect's own timed
+    acquisition logs an ERROR line at each time-out); between looks it frees slots whose holder
+    died meanwhile, and every WAIT_LOG_SECONDS it logs how long it has waited, who holds the
+    device, and how to free it."""
     t0 = last_log = time.monotonic()
     with _registration() as me, ExitStack() as held:
         while True:
             with _holders_lock():
-                try:
+                if _slot_free():  # this machine's runs take slots only under this lock
                     held.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=False,
-                                                   timeout_seconds=POLL_SECONDS,
                                                    lease_duration=GPU_LEASE_SECONDS))
                     _mark(me, "holding")
                     break
-                except TimeoutError:
-                    pass
             log = _logger()
             free_orphaned_slots(log)
             if time.monotonic() - last_log >= WAIT_LOG_SECONDS:
@@ -375,6 +374,19 @@ def gpu_slot() -> Iterator[None]:
                             ", ".join(holders) or "no run on this machine", FREE_HINT)
             time.sleep(POLL_SECONDS)
         yield
+
+
+def _slot_free() -> bool:
+    """A `gpu` slot can be taken now (or there is no active limit, and nothing to wait for)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            return True
+    return not limit.active or limit.active_slots < limit.limit
 
 
 # ------------------------------------------------------------------------------ timing

@@ -27,8 +27,9 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 def semievol(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("semievol")  # the console script pyproject.toml installs
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
-    env = {**os.environ, "PREFECT_HOME": str(_HOME), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(_HOME)}
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)  # the CLI's own default must keep runs quiet
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
@@ -95,6 +96,8 @@ def test_evaluate_command_runs_a_flow_through_prefect(tmp_path, sentiment_datase
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| model |" in res.stdout
     assert "Flow run" in res.stderr  # Prefect's run logger
+    # a quiet run: no ERROR line (the temporary server's telemetry cannot reach the internet)
+    assert not [line for line in res.stderr.splitlines() if "| ERROR" in line], res.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 3 and (tmp_path / "eval" / "report.md").exists()
     shutil.rmtree(tmp_path / "eval")
