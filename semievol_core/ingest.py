@@ -47,15 +47,22 @@ def inbox_files(inbox: str | Path) -> list[Path]:
 
 
 @contextmanager
-def dataset_lock(data_dir: Path) -> Iterator[None]:
-    with open(data_dir / ".ingest.lock", "a+") as fh:
-        # flock, not a Prefect limit: it also serializes ingests started outside Prefect, and the
-        # kernel releases it when a killed process dies.
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing) for the duration of the block. flock,
+    not a Prefect limit: it also serializes processes started outside Prefect, and the kernel
+    releases it when a killed process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def dataset_lock(data_dir: Path):
+    """Ingests into one dataset, one at a time."""
+    return exclusive_lock(data_dir / ".ingest.lock")
 
 
 def _move(path: Path, folder: str) -> Path:

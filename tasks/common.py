@@ -216,21 +216,12 @@ def _holders_dir() -> Path:
     return Path(get_current_settings().home) / "semievol-gpu-holders"
 
 
-@contextmanager
-def _holders_lock() -> Iterator[None]:
+def _holders_lock():
     """This machine's processes take a slot and mark themselves holding under this lock, and
-    free_orphaned_slots counts holders under it: it never sees a slot granted but not yet marked.
-    flock: the kernel drops it when a killed process dies."""
-    import fcntl
+    free_orphaned_slots counts holders under it: it never sees a slot granted but not yet marked."""
+    from semievol_core.ingest import exclusive_lock
 
-    d = _holders_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(_holders_dir() / ".lock")
 
 
 def _alive(pid: int) -> bool:
