@@ -284,7 +284,10 @@ def write(data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "label_efficiency.md").write_text(markdown(data))
-    plot(data, RESULTS / "label_efficiency.png")
+    try:
+        plot(data, RESULTS / "label_efficiency.png")
+    except ImportError:  # the results above are kept; only the picture needs the extra
+        print("no plot: install matplotlib (pip install -e '.[bench]') and rerun with --report")
 
 
 def main() -> None:
