@@ -251,6 +251,16 @@ def _registered() -> tuple[list[dict], list[Path]]:
     return live, dead
 
 
+def _gpu_limit(client):
+    """The server's `gpu` limit, or None when it has none."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+    except ObjectNotFound:
+        return None
+
+
 def free_orphaned_slots(logger) -> int:
     """Give back `gpu` slots no live process holds; returns how many were freed.
 
@@ -262,7 +272,6 @@ def free_orphaned_slots(logger) -> int:
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
 
     if get_current_settings().api.url:
@@ -272,11 +281,8 @@ def free_orphaned_slots(logger) -> int:
         for f in dead:
             f.unlink(missing_ok=True)
         holding = sum(rec.get("state") == "holding" for rec in live)
-        try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except ObjectNotFound:
-            return 0
-        freed = limit.active_slots - holding
+        limit = _gpu_limit(client)
+        freed = limit.active_slots - holding if limit is not None else 0
         if freed <= 0:
             return 0
         client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=holding))
@@ -291,14 +297,14 @@ def ensure_gpu_limit(logger) -> None:
     the operator configured it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists
 
     slots = int(os.environ.get(GPU_SLOTS_ENV, "1"))
     with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        limit = _gpu_limit(client)
+        if limit is not None:
             logger.debug("concurrency limit %r: %s slot(s), active=%s", GPU_LIMIT, limit.limit, limit.active)
-        except ObjectNotFound:
+        else:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
                 logger.info("created global concurrency limit %r with %d slot(s)", GPU_LIMIT, slots)
@@ -370,14 +376,10 @@ def gpu_slot() -> Iterator[None]:
 def _slot_free() -> bool:
     """A `gpu` slot can be taken now (or there is no active limit, and nothing to wait for)."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except ObjectNotFound:
-            return True
-    return not limit.active or limit.active_slots < limit.limit
+        limit = _gpu_limit(client)
+    return limit is None or not limit.active or limit.active_slots < limit.limit
 
 
 # ------------------------------------------------------------------------------ timing
