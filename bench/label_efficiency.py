@@ -156,11 +156,34 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str]) -> list[dict]:
     return records
 
 
-def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str]) -> list[dict]:
+def oracle_pseudo_labels(run: Path, which: str) -> Path:
+    """A pseudo-label table with the TRUE answers (the oracle): `selected` keeps the rows selection
+    kept (label noise removed, everything else equal); `all` marks every unlabeled row selected (the
+    ceiling of any pseudo-labelling on this pool under the same update budget)."""
+    import pandas as pd
+
+    from semievol_core.steps import save_frame
+
+    pl = pd.read_parquet(run / "pseudo_labels.parquet")
+    truth = pd.read_parquet(run / "data" / "oracle.parquet").set_index("id")["answer"]
+    if which == "all":
+        pl = pd.DataFrame({"unlabeled_id": truth.index, "answer": truth.values, "source": "oracle",
+                           "H": 0.0, "threshold": float("nan"), "selected": True})
+    else:
+        pl = pl.assign(answer=truth.loc[pl["unlabeled_id"]].to_numpy(), source="oracle")
+    out = run / f"oracle_{which}_pseudo_labels.parquet"
+    save_frame(pl, out)
+    return out
+
+
+def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
+                  oracle: bool = False) -> list[dict]:
     """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
     (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
     the released code's "continue" with the labeled rows kept in). Same start, same updates: the
-    difference is the pseudo-labels alone."""
+    difference is the pseudo-labels alone. `oracle` adds two arms with true answers in place of the
+    pseudo-labels: on the selected rows (`oracle_selected_continue<steps>`) and on every unlabeled
+    row (`oracle_all_continue<steps>`)."""
     from semievol_core import steps as core
 
     run = RUNS / f"b{n}-s{seed}-{recipe}"
@@ -168,6 +191,8 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str]) 
     d, warm = run / "data", run / "warm_adapter"
     test, answer_type = d / "test.parquet", "choice"
     arms = {f"sft_plus{steps}": None, f"semievol_{recipe}_continue{steps}": run / "pseudo_labels.parquet"}
+    if oracle:
+        arms.update({f"oracle_{w}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
     out, preds = [], {}
     for system, pseudo in arms.items():
         t0 = time.perf_counter()
@@ -178,8 +203,9 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str]) 
         m = core.evaluate_system(cfg, "sft", test, answer_type, preds[system], adapter=adapter)
         out.append(record(n, seed, system, m, wall_s=round(time.perf_counter() - t0, 1),
                           start="warm adapter", extra_steps=steps, **adapter_facts(adapter)))
-    sft_arm, semi_arm = preds.values()
-    out[-1]["vs_sft"] = core.compare(semi_arm, sft_arm, cfg.bootstrap_samples, cfg.seed)
+    sft_arm = preds[f"sft_plus{steps}"]
+    for r in out[1:]:  # each pseudo-labelled arm against gold only, paired
+        r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.bootstrap_samples, cfg.seed)
     return out
 
 
@@ -299,6 +325,8 @@ def main() -> None:
     ap.add_argument("--vanilla", action="store_true", help="evaluate the base model (once)")
     ap.add_argument("--continue-steps", type=int, metavar="N",
                     help="with --recipe: N more updates from its warm adapter, gold only vs gold + pseudo")
+    ap.add_argument("--oracle", action="store_true",
+                    help="with --continue-steps: add arms trained on the true answers (oracle)")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
@@ -310,7 +338,8 @@ def main() -> None:
     if args.sft_epochs:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
     if args.recipe and args.continue_steps:
-        new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set)
+        new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
+                             oracle=args.oracle)
     elif args.recipe:
         new += recipe_cell(args.labeled, args.seed, args.recipe, args.set)
     data = merge(new) if new else json.loads(OUT_JSON.read_text())
