@@ -177,7 +177,7 @@ def oracle_pseudo_labels(run: Path, which: str) -> Path:
 
 
 def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
-                  oracle: bool = False) -> list[dict]:
+                  oracle: bool = False, gold_only: bool = False) -> list[dict]:
     """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
     (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
     the released code's "continue" with the labeled rows kept in). Same start, same updates: the
@@ -191,7 +191,9 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
     d, warm = run / "data", run / "warm_adapter"
     test, answer_type = d / "test.parquet", "choice"
     arms = {f"sft_plus{steps}": None, f"semievol_{recipe}_continue{steps}": run / "pseudo_labels.parquet"}
-    if oracle:
+    if gold_only:  # the converged-SFT baseline alone (the recipe run's SFT + `steps` updates)
+        arms = {f"sft_plus{steps}": None}
+    elif oracle:
         arms.update({f"oracle_{w}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
     out, preds = [], {}
     for system, pseudo in arms.items():
@@ -327,6 +329,8 @@ def main() -> None:
                     help="with --recipe: N more updates from its warm adapter, gold only vs gold + pseudo")
     ap.add_argument("--oracle", action="store_true",
                     help="with --continue-steps: add arms trained on the true answers (oracle)")
+    ap.add_argument("--gold-only", action="store_true",
+                    help="with --continue-steps: only the gold-only arm (the converged SFT)")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
@@ -339,7 +343,7 @@ def main() -> None:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
     if args.recipe and args.continue_steps:
         new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
-                             oracle=args.oracle)
+                             oracle=args.oracle, gold_only=args.gold_only)
     elif args.recipe:
         new += recipe_cell(args.labeled, args.seed, args.recipe, args.set)
     data = merge(new) if new else json.loads(OUT_JSON.read_text())
