@@ -41,7 +41,8 @@ def build_work(n_questions: int) -> dict:
 
     from semievol_core.collaboration import _chats, plan_collaborators
     from semievol_core.config import SemiEvolConfig
-    from semievol_core.data import import_csv_dir, read_table
+    from semievol_core.data import read_table
+    from semievol_core.paper_csv import import_csv_dir
     from semievol_core.embed import Embedder
     from semievol_core.propagation import retrieve_neighbors
     from semievol_core.steps import demos_by_id

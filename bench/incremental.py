@@ -38,7 +38,8 @@ SEMIEVOL = Path(sys.executable).parent / "semievol"
 
 def build_dataset(work: Path, n_lab: int, n_unl: int, n_test: int, seed: int = 0) -> tuple[Path, Path]:
     """A dataset dir with n_lab/n_unl/n_test FPB rows, and an inbox file with 10% more unlabeled rows."""
-    from semievol_core.data import append_part, import_csv_dir, load_dataset, write_table
+    from semievol_core.data import append_part, load_dataset, write_table
+    from semievol_core.paper_csv import import_csv_dir
 
     full = HERE / "runs" / "data" / "fpb"
     if not (full / "labeled.parquet").exists():

@@ -32,7 +32,7 @@ import shutil
 import time
 from pathlib import Path
 
-from quality import SHARED, apply_overrides, machine, seed_run_dir
+from quality import SHARED, machine, seed_run_dir
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,7 +48,7 @@ RECIPE_OVERRIDES = {"paper": ["collaboration_mode=choice_logprobs", "eval_mode=c
 
 # ------------------------------------------------------------------------------ data
 def full_dataset() -> Path:
-    from semievol_core.data import import_csv_dir
+    from semievol_core.paper_csv import import_csv_dir
 
     d = HERE / "runs" / "data" / "fpb"
     if not (d / "labeled.parquet").exists():
@@ -87,7 +87,7 @@ def budget_dataset(n: int, seed: int) -> Path:
 
 # ------------------------------------------------------------------------------ running
 def recipe_config(recipe: str, extra: list[str]):
-    from semievol_core.config import SemiEvolConfig, load_yaml_mapping
+    from semievol_core.config import SemiEvolConfig, apply_overrides, load_yaml_mapping
 
     data = load_yaml_mapping(CONFIGS / f"{recipe}.yaml")
     return SemiEvolConfig.model_validate(apply_overrides(data, RECIPE_OVERRIDES.get(recipe, []) + extra))
@@ -142,7 +142,7 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str]) -> list[dict]:
     n_unl = sel.get("n_unlabeled", 0)
     warm = adapter_facts(run / "warm_adapter")
     records = [
-        record(n, seed, "knn_vote", report["systems"]["knn_vote"], timings={k: t[k] for k in ("embed", "retrieve")}),
+        record(n, seed, "knn_vote", report["systems"]["knn_vote"], timings={k: v for k, v in t.items() if k.startswith(("embed", "retrieve"))}),
         record(n, seed, "sft", report["systems"]["sft"], **warm, timings={"train-warm": t.get("train-warm")}),
         record(n, seed, f"semievol_{recipe}", report["systems"]["semievol"], wall_s=wall,
                n_unlabeled_used=n_unl, selected=sel.get("n_selected"),

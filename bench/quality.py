@@ -86,22 +86,6 @@ def markdown(records: list[dict], notes: dict, pseudo: dict | None = None) -> st
     return "\n".join(lines + pseudo_table(pseudo or {}))
 
 
-def apply_overrides(data: dict, pairs: list[str]) -> dict:
-    """`key=value` pairs (dotted keys for nested fields, YAML values) applied to a config mapping."""
-    import yaml
-
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: expected key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return data
-
-
 def seed_run_dir(src: Path, dst: Path) -> None:
     """Copy another run's warm adapter and generation shards: each step still checks its own key
     (train_key.txt, shard names) and re-computes whatever does not match."""
@@ -130,11 +114,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from semievol_core.config import SemiEvolConfig
-    from semievol_core.data import import_csv_dir
+    from semievol_core.paper_csv import import_csv_dir
     from semievol_core.pipeline import run_semievol
     from semievol_core.steps import Limits
 
-    from semievol_core.config import load_yaml_mapping
+    from semievol_core.config import apply_overrides, load_yaml_mapping
 
     cfg = SemiEvolConfig.model_validate(apply_overrides(load_yaml_mapping(args.config), args.set))
     data_dir = HERE / "runs" / "data" / args.dataset
@@ -146,8 +130,8 @@ def main() -> None:
         seed_run_dir(Path(args.seed_from), run_dir)
     t0 = time.perf_counter()
     systems = [] if args.pseudo_only else args.systems.split(",")
-    report = run_semievol(data_dir, run_dir, cfg, Limits(args.labeled, args.unlabeled, args.test),
-                          systems=systems, pseudo_labels=True if args.pseudo_only else None)
+    report = run_semievol(data_dir, run_dir, cfg, Limits(labeled=args.labeled, unlabeled=args.unlabeled, test=args.test),
+                          systems=systems, pseudo_labels=args.pseudo_only)
     total = time.perf_counter() - t0
     out = RESULTS / "quality.json"
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ TRAINERS = ("project", "project_ckpt", "trl")
 
 
 def load_rows(n: int | None):
-    from semievol_core.data import import_csv_dir, read_table
+    from semievol_core.data import read_table
+    from semievol_core.paper_csv import import_csv_dir
 
     data_dir = HERE / "runs" / "data" / "fpb"
     if not (data_dir / "labeled.parquet").exists():

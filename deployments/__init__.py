@@ -1,3 +1,4 @@
-"""Deployment helpers: `python -m deployments.serve` serves every flow from one process; example run
-configs in deployments/configs/. Work-pool deployments live in prefect.yaml at the project root.
+"""Deployment helpers: example run configs in deployments/configs/, and `python -m deployments.serve`,
+which serves the deployments of prefect.yaml (the project root; work-pool setup there) from one
+process.
 """

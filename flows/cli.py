@@ -2,29 +2,36 @@
 
     semievol evolve --data data/fpb --out runs/fpb --preset fpb-small
     semievol evolve --data data/fpb --out runs/fpb --config run.yaml --theta 0.3 --limit-labeled 64
+    semievol evolve --data data/fpb --out runs/fpb --preset fpb-small --set train.epochs=3 --set execution.batch_size=8
     semievol evaluate --test data/fpb --out runs/eval --adapter runs/fpb/semievol_adapter
     semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices
     semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb
 
+Built with typer: one function per command, its options declared by its signature. Every config
+field is reachable from evolve and evaluate: `--set KEY=VALUE` (repeatable; dotted keys for nested
+fields, YAML values) on top of --preset/--config; --model and --theta are shortcuts for two of them.
 Flows run against the Prefect server in PREFECT_API_URL when it is set, otherwise in a temporary
 local (ephemeral) server. import-csv is a plain local conversion and does not start Prefect.
-User errors (bad data, bad config, missing files) print one line `semievol: error: ...` and exit
-with 2; a run that fails otherwise exits with 1 (Prefect's log above says where). `--debug`
+User errors (bad options, data, config, missing files) print one line `semievol: error: ...` and
+exit with 2; a run that fails otherwise exits with 1 (Prefect's log above says where). `--debug`
 re-raises with the full traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
+
+import typer
+from typer.core import TyperGroup
+
+from semievol_core.steps import NEIGHBOR_SYSTEMS, SYSTEMS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "deployments" / "configs"
-SYSTEMS = ("vanilla", "rag_knn", "knn_vote", "sft", "semievol")  # = semievol_core.steps.SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -41,106 +48,79 @@ PRESETS = {
                         "README demo: SmolLM2-135M on FPB, 64 labeled / 256 unlabeled / 200 test"),
     "fpb-tiny": Preset("recommended.yaml", 32, 32, 50, "smoke run: 32 labeled / 32 unlabeled / 50 test"),
 }
+PresetName = Literal[tuple(PRESETS)]  # typer offers (and checks) exactly these names
 
-EXAMPLES = """examples:
+# Help epilogs: "\b" keeps click from re-flowing the example lines into one paragraph.
+EXAMPLES = """\b
+examples:
   semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb
   semievol evolve --data data/fpb --out runs/fpb-small --preset fpb-small
   semievol evolve --data data/fpb --out runs/fpb --config deployments/configs/recommended.yaml --theta 0.3
+  semievol evolve --data data/fpb --out runs/fpb --preset fpb-small --set train.epochs=3
   semievol evaluate --test data/fpb --out runs/eval --adapter runs/fpb-small/semievol_adapter --limit 200
   semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices
 
 Runs go to the Prefect server in PREFECT_API_URL, else to a temporary local one.
 """
+SET_HELP = ("override a config field, e.g. train.epochs=3 or execution.batch_size=8 (dotted KEY for "
+            "nested fields, YAML VALUE); repeatable, applied after --preset/--config and the shortcuts")
 
 
 class UserError(Exception):
     """A problem the user can fix (reported as one line, exit code 2)."""
 
 
-# ------------------------------------------------------------------------------ argument parsing
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# Data, config and file problems are the user's to fix: one line, exit 2. ValueError covers
+# DataError, pydantic's ValidationError and the core's own checks.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 
-def _mapping(text: str) -> dict[str, str]:
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        field, sep, column = item.partition("=")
-        if not sep or not field or not column:
-            raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN pairs, got {item!r}")
-        out[field.strip()] = column.strip()
-    return out
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semievol", description=__doc__.split("\n")[0],
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Commands(TyperGroup):
+    """Where a command's exception becomes an exit code, for `main` and for typer's CliRunner alike.
+    Usage errors (bad options) are not seen here: they are raised while parsing, before invoke."""
 
-    ev = sub.add_parser("evolve", help="run the whole SemiEvol method on a dataset",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n  semievol evolve --data data/fpb --out runs/fpb-small --preset fpb-small\n"
-                               "  semievol evolve --data data/fpb --out runs/x --config run.yaml --model "
-                               "smollm2-135m-instruct --theta 0.3\n\npresets:\n" + "\n".join(
-                                   f"  {k}: {v.help}" for k, v in PRESETS.items()))
-    ev.add_argument("--data", required=True, help="dataset directory (labeled.parquet, unlabeled/, test.parquet)")
-    ev.add_argument("--out", required=True, help="run directory (outputs, report.json, report.md)")
-    ev.add_argument("--preset", choices=sorted(PRESETS), help="a named config + limits (flags below override it)")
-    ev.add_argument("--config", help="YAML run config (SemiEvolConfig fields)")
-    ev.add_argument("--model", help="base model (name or HF directory); overrides the config")
-    ev.add_argument("--theta", type=float, help="selection quantile θ in (0, 1]; overrides the config")
-    ev.add_argument("--limit-labeled", type=_positive, metavar="N")
-    ev.add_argument("--limit-unlabeled", type=_positive, metavar="N")
-    ev.add_argument("--limit-test", type=_positive, metavar="N")
-    ev.add_argument("--systems", help=f"comma-separated systems to evaluate (default: {','.join(SYSTEMS)})")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: exit codes, usage errors
+            raise
+        except KeyboardInterrupt:
+            print("semievol: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if ctx.params["debug"]:
+                raise
+            if isinstance(exc, USER_ERRORS):
+                print(f"semievol: error: {_one_line(exc)}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            print(f"semievol: {ctx.invoked_subcommand} failed: {type(exc).__name__}: {_one_line(exc)} "
+                  "(see the log above; --debug for the traceback)", file=sys.stderr)
+            raise typer.Exit(1) from None
 
-    ea = sub.add_parser("evaluate", help="accuracy of one model (+ adapter) on a test table",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  semievol evaluate --test data/fpb --out runs/eval "
-                               "--adapter runs/fpb/semievol_adapter --limit 200")
-    ea.add_argument("--test", required=True, help="test table (.parquet) or dataset directory")
-    ea.add_argument("--out", required=True, help="output directory")
-    ea.add_argument("--config", help="YAML run config")
-    ea.add_argument("--model", help="base model; overrides the config")
-    ea.add_argument("--adapter", help="LoRA adapter directory")
-    ea.add_argument("--name", default="model", help="name for the predictions and the report (default: model)")
-    ea.add_argument("--limit", type=_positive, metavar="N", help="evaluate a seeded sample of N questions")
-    ea.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ig = sub.add_parser("ingest", help="add unlabeled log files from an inbox to a dataset",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices\n\n"
-                               "Files: .jsonl, .csv, .parquet. Processed files move to INBOX/processed/; other\n"
-                               "files, and files with no usable row, to INBOX/rejected/ with a reason (exit 2).\n"
-                               "Bad rows go to DIR/quarantine/ with their reasons; test questions and\n"
-                               "answer-revealing columns are kept out (a note says so).")
-    ig.add_argument("inbox", help="directory of new files")
-    ig.add_argument("--into", required=True, metavar="DIR", help="dataset directory (with labeled.parquet)")
-    ig.add_argument("--map", type=_mapping, default=None, metavar="FIELD=COLUMN,...",
-                    help="our field (id, question, options) = the files' column")
+# rich_markup_mode=None: plain help text, examples kept line by line (no boxes to copy around).
+app = typer.Typer(cls=_Commands, help=__doc__.split("\n")[0], epilog=EXAMPLES, add_completion=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
-    ic = sub.add_parser("import-csv", help="import the paper's labeled/unlabeled/test CSVs as a dataset",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb")
-    ic.add_argument("src", help="directory with labeled.csv, unlabeled.csv (optional), test.csv")
-    ic.add_argument("--out", required=True, help="dataset directory to create")
-    ic.add_argument("--skip-bad-rows", action="store_true", help="quarantine bad rows instead of stopping")
-    ic.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return p
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False) -> None:
+    pass  # --debug is read from the context: _Commands.invoke and _debug
+
+
+def _debug(ctx: typer.Context) -> bool:
+    return ctx.find_root().params["debug"]
 
 
 # ------------------------------------------------------------------------------ config
-def _load_config(path: str | None, preset: Preset | None, overrides: dict):
-    """SemiEvolConfig from a file (or the preset's), with command-line overrides, validated once."""
-    from semievol_core.config import SemiEvolConfig, load_yaml_mapping
+def _load_config(path: str | Path | None, preset: Preset | None, shortcuts: dict, sets: Sequence[str] = ()):
+    """SemiEvolConfig from a file (or the preset's), then the shortcut options that were given
+    (e.g. {"theta": 0.3}; None = not given), then `--set` pairs; validated once."""
+    from semievol_core.config import SemiEvolConfig, apply_overrides, load_yaml_mapping
 
     source = Path(path) if path else (CONFIG_DIR / preset.config if preset else None)
     data: dict = {}
@@ -151,13 +131,16 @@ def _load_config(path: str | None, preset: Preset | None, overrides: dict):
             data = load_yaml_mapping(source)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
+    data.update({key: value for key, value in shortcuts.items() if value is not None})
+    try:
+        apply_overrides(data, sets)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     try:
         return SemiEvolConfig.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError: one line per config, not a traceback
-        raise UserError(f"{source or 'config'}: {_validation_line(exc)}") from None
+        where = " + ".join([str(source)] * bool(source) + ["--set"] * bool(sets)) or "config"
+        raise UserError(f"{where}: {_validation_line(exc)}") from None
 
 
 def _validation_line(exc: Exception) -> str:
@@ -188,9 +171,6 @@ def _validate_dataset(data: Path) -> None:
     check_forms(data)  # e.g. an ingested row without options in a multiple-choice dataset
 
 
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
-
-
 class _NoUserTracebacks(logging.Filter):
     """On the console only: Prefect logs a failed run's exception with its traceback; for a user
     error (bad data or config: DataError and pydantic's ValidationError are ValueErrors) the
@@ -214,110 +194,178 @@ def _quiet_console(debug: bool) -> None:
             handler.addFilter(_NoUserTracebacks())
 
 
+# ------------------------------------------------------------------------------ options
+# The same option means the same thing in every command: declared once here.
+Out = Annotated[Path, typer.Option(metavar="DIR", help="run directory (outputs, report.json, report.md)")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", metavar="FILE",
+                                                  help="YAML run config (SemiEvolConfig fields)")]
+Model = Annotated[str | None, typer.Option(metavar="NAME",
+                                           help="base model (name or HF directory); shortcut for --set model=...")]
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
+Limit = Annotated[int | None, typer.Option(min=1, metavar="N")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="no progress bars")]
+
+
 def _no_progress(cfg, flag: bool):
     if flag:
         cfg.execution.progress = False
     return cfg
 
 
+def _mapping(text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise typer.BadParameter(f"expected FIELD=COLUMN pairs, got {item!r}")
+        out[field.strip()] = column.strip()
+    return out
+
+
 # ------------------------------------------------------------------------------ commands
-def cmd_evolve(args) -> int:
+@app.command(epilog="\b\nexamples:\n  semievol evolve --data data/fpb --out runs/fpb-small --preset fpb-small\n"
+                    "  semievol evolve --data data/fpb --out runs/x --config run.yaml --model "
+                    "smollm2-135m-instruct --theta 0.3\n"
+                    "  semievol evolve --data data/fpb --out runs/x --preset fpb-small --set train.epochs=3 "
+                    "--set execution.batch_size=8\n\n\b\npresets:\n"
+                    + "\n".join(f"  {k}: {v.help}" for k, v in PRESETS.items()))
+def evolve(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(metavar="DIR",
+                                       help="dataset directory (labeled.parquet, unlabeled/, test.parquet)")],
+    out: Out,
+    preset: Annotated[PresetName | None, typer.Option(
+        help="a named config + limits (options below override it)")] = None,
+    config: ConfigFile = None,
+    model: Model = None,
+    theta: Annotated[float | None, typer.Option(
+        help="selection quantile θ in (0, 1]; shortcut for --set theta=...")] = None,
+    set_: Sets = None,
+    limit_labeled: Limit = None,
+    limit_unlabeled: Limit = None,
+    limit_test: Limit = None,
+    systems: Annotated[str | None, typer.Option(
+        help=f"comma-separated systems to evaluate (default: {','.join(SYSTEMS)})")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """run the whole SemiEvol method on a dataset"""
     from semievol_core.report import systems_table
 
-    preset = PRESETS.get(args.preset) if args.preset else None
-    cfg = _no_progress(_load_config(args.config, preset, {"model": args.model, "theta": args.theta}),
-                       args.no_progress)
-    limits = {"labeled": args.limit_labeled or (preset.labeled if preset else None),
-              "unlabeled": args.limit_unlabeled or (preset.unlabeled if preset else None),
-              "test": args.limit_test or (preset.test if preset else None)}
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else list(SYSTEMS)
-    bad = [s for s in systems if s not in SYSTEMS]
+    chosen = PRESETS[preset] if preset else None
+    cfg = _no_progress(_load_config(config, chosen, {"model": model, "theta": theta}, set_ or []), no_progress)
+    limits = {"labeled": limit_labeled or (chosen.labeled if chosen else None),
+              "unlabeled": limit_unlabeled or (chosen.unlabeled if chosen else None),
+              "test": limit_test or (chosen.test if chosen else None)}
+    names = [s.strip() for s in systems.split(",") if s.strip()] if systems else list(SYSTEMS)
+    bad = [s for s in names if s not in SYSTEMS]
     if bad:
         raise UserError(f"--systems: unknown {bad}; choose from {','.join(SYSTEMS)}")
-    data = Path(args.data)
     if not data.is_dir():
         raise UserError(f"{data}: dataset directory not found")
     _validate_dataset(data)
 
-    from flows.common import RunLimits
-    from flows.evolve import evolve
+    from semievol_core.steps import Limits
+    from flows.evolve import evolve as evolve_flow
 
-    _quiet_console(args.debug)
+    _quiet_console(_debug(ctx))
 
-    report = evolve(data_dir=str(data), out_dir=args.out, config=cfg, limits=RunLimits(**limits), systems=systems)
+    report = evolve_flow(data_dir=str(data), out_dir=str(out), config=cfg, limits=Limits(**limits), systems=names)
     print(systems_table(report["systems"]))
     sel = report["selection"]
-    print(f"\nselected {sel['n_selected']} of {sel['n_unlabeled']} pseudo-labels; "
-          f"report: {Path(args.out) / 'report.md'}")
-    return 0
+    print(f"\nselected {sel['n_selected']} of {sel['n_unlabeled']} pseudo-labels; report: {out / 'report.md'}")
 
 
-def cmd_evaluate(args) -> int:
+@app.command(epilog="\b\nexample:\n  semievol evaluate --test data/fpb --out runs/eval "
+                    "--adapter runs/fpb/semievol_adapter --limit 200")
+def evaluate(
+    ctx: typer.Context,
+    test: Annotated[Path, typer.Option(metavar="PATH", help="test table (.parquet) or dataset directory")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="output directory")],
+    config: ConfigFile = None,
+    model: Model = None,
+    set_: Sets = None,
+    adapter: Annotated[Path | None, typer.Option(metavar="DIR", help="LoRA adapter directory")] = None,
+    name: Annotated[str, typer.Option(help="name for the predictions and the report")] = "model",
+    limit: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="evaluate a seeded sample of N questions")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """accuracy of one model (+ adapter) on a test table"""
     from semievol_core.report import systems_table
 
-    cfg = _no_progress(_load_config(args.config, None, {"model": args.model}), args.no_progress)
-    test = Path(args.test)
+    cfg = _no_progress(_load_config(config, None, {"model": model}, set_ or []), no_progress)
     if not (test / "test.parquet" if test.is_dir() else test).exists():
         raise UserError(f"{test}: no test table found")
-    if args.adapter and not Path(args.adapter).is_dir():
-        raise UserError(f"{args.adapter}: adapter directory not found")
-    if args.name in ("rag_knn", "knn_vote"):
-        raise UserError(f"--name {args.name!r} is reserved for evolve's neighbour-based systems")
+    if adapter and not adapter.is_dir():
+        raise UserError(f"{adapter}: adapter directory not found")
+    if name in NEIGHBOR_SYSTEMS:
+        raise UserError(f"--name {name!r} is reserved for evolve's neighbour-based systems")
 
-    from flows.evaluate import evaluate
+    from flows.evaluate import evaluate as evaluate_flow
 
-    _quiet_console(args.debug)
+    _quiet_console(_debug(ctx))
 
-    res = evaluate(test=str(test), out_dir=args.out, adapter=args.adapter, config=cfg, name=args.name,
-                   limit=args.limit)
-    print(systems_table({args.name: res["metrics"]}))
+    res = evaluate_flow(test=str(test), out_dir=str(out), adapter=str(adapter) if adapter else None, config=cfg,
+                        name=name, limit=limit)
+    print(systems_table({name: res["metrics"]}))
     print(f"\npredictions: {res['predictions']}")
-    return 0
 
 
-def cmd_ingest(args) -> int:
-    """Exit 2 when a file was rejected (one `semievol: error:` line per file): a file nothing could
-    be taken from is the user's to fix, even though the others went in."""
+@app.command(epilog="\b\nexample:\n  semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices\n\n"
+                    "\b\nFiles: .jsonl, .csv, .parquet. Processed files move to INBOX/processed/; other\n"
+                    "files, and files with no usable row, to INBOX/rejected/ with a reason (exit 2).\n"
+                    "Bad rows go to DIR/quarantine/ with their reasons; test questions and\n"
+                    "answer-revealing columns are kept out (a note says so).")
+def ingest(
+    ctx: typer.Context,
+    inbox: Annotated[Path, typer.Argument(metavar="INBOX", help="directory of new files")],
+    into: Annotated[Path, typer.Option(metavar="DIR", help="dataset directory (with labeled.parquet)")],
+    map_: Annotated[dict | None, typer.Option("--map", parser=_mapping, metavar="FIELD=COLUMN,...",
+                                              help="our field (id, question, options) = the files' column")] = None,
+) -> None:
+    """add unlabeled log files from an inbox to a dataset"""
     from semievol_core.ingest import require_dataset
 
-    if not Path(args.inbox).is_dir():
-        raise UserError(f"{args.inbox}: inbox directory not found")
-    require_dataset(args.into)  # before Prefect starts: nothing is created in a wrong --into
+    if not inbox.is_dir():
+        raise UserError(f"{inbox}: inbox directory not found")
+    require_dataset(into)  # before Prefect starts: nothing is created in a wrong --into
 
-    from flows.ingest import ingest
+    from flows.ingest import ingest as ingest_flow
 
-    _quiet_console(args.debug)
+    _quiet_console(_debug(ctx))
 
-    summary = ingest(inbox=args.inbox, data_dir=args.into, mapping=args.map)
+    summary = ingest_flow(inbox=str(inbox), data_dir=str(into), mapping=map_)
     for r in summary["files"]:
         print(f"{r['file']}: {r['status']}, {r['added']} added, {r['already_present']} already present, "
               f"{r['overlaps_test']} in the test set, {r['quarantined']} quarantined")
         for note in r["notes"]:
             print(f"  note: {note}")
-    print(f"{summary['added']} row(s) added to {Path(args.into) / 'unlabeled'}")
+    print(f"{summary['added']} row(s) added to {into / 'unlabeled'}")
     rejected = [r for r in summary["files"] if r["status"] == "rejected"]
     for r in rejected:
         print(f"semievol: error: {r['file']} rejected (moved to {r['moved_to']}): {r['error']}", file=sys.stderr)
-    return 2 if rejected else 0
+    if rejected:  # a file nothing could be taken from is the user's to fix, though the others went in
+        raise typer.Exit(2)
 
 
-def cmd_import_csv(args) -> int:
-    from semievol_core.data import import_csv_dir
+@app.command(epilog="\b\nexample:\n  semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb")
+def import_csv(
+    src: Annotated[Path, typer.Argument(
+        metavar="SRC", help="directory with labeled.csv, unlabeled.csv (optional), test.csv")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="dataset directory to create")],
+    skip_bad_rows: Annotated[bool, typer.Option(
+        "--skip-bad-rows", help="quarantine bad rows instead of stopping")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+) -> None:
+    """import the paper's labeled/unlabeled/test CSVs as a dataset"""
+    from semievol_core.paper_csv import import_csv_dir
 
-    summary = import_csv_dir(args.src, args.out, skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite)
-    print(summary)
-    return 0
+    print(import_csv_dir(src, out, skip_bad_rows=skip_bad_rows, overwrite=overwrite))
 
 
-COMMANDS = {"evolve": cmd_evolve, "evaluate": cmd_evaluate, "ingest": cmd_ingest, "import-csv": cmd_import_csv}
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
+# ------------------------------------------------------------------------------ entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (the console script exits with it)."""
     # The temporary local server starts in a subprocess; on a machine busy loading models the
     # default 20 s can run out. Set before Prefect is imported (it reads settings then).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -325,21 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ERROR line a new user reads as a failure; a lasting server keeps the user's own setting.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("semievol: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        # Data, config and file problems are the user's to fix: one line, exit 2. ValueError
-        # covers DataError, pydantic's ValidationError and the core's own checks.
-        if isinstance(exc, USER_ERRORS):
-            print(f"semievol: error: {_one_line(exc)}", file=sys.stderr)
-            return 2
-        print(f"semievol: {args.command} failed: {type(exc).__name__}: {_one_line(exc)} "
-              "(see the log above; --debug for the traceback)", file=sys.stderr)
-        return 1
+        # standalone_mode=False: typer returns exit codes and raises usage errors instead of
+        # printing them in its own multi-line format and exiting.
+        return typer.main.get_command(app).main(args=argv, prog_name="semievol", standalone_mode=False) or 0
+    except typer.TyperException as exc:  # a usage error: unknown or missing option, bad option value
+        command = getattr(getattr(exc, "ctx", None), "command_path", "semievol")
+        print(f"semievol: error: {' '.join(exc.format_message().split())} (see '{command} --help')", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """Helpers the flows share: running a task as a timed, cache-checked step; artifacts; parameters.
 
-    runner = StepRunner(out_dir, logger)
-    res = runner.run("vote", vote, responses=..., out=...)   # {"path", "digest", "seconds", ...}
-    runner.run("generate", generate, name="generate-3/11", ...)  # task run named for the UI
-    runner.timings        # {"vote": 0.01}  wall time in this run (a cache hit costs ~0)
+    runner = StepRunner(cfg, out_dir, logger)        # a semievol_core.graph.Call
+    graph.execute(graph.plan(systems), values, runner, timings)  # every step a cached task
     runner.cached         # steps answered from the cache
     runner.cached_seconds # {"vote": 4.2}  what the cached steps took when they were computed
 
@@ -15,16 +13,14 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import Task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
-from tasks.common import output_intact
+from tasks.step import outputs_intact, step_task
 
 CACHE_DIR = ".prefect-cache"  # under the run directory: cache entries live and die with outputs
 
@@ -44,34 +40,22 @@ def run_name(flow: str, parameter: str) -> Callable[[], str]:
     return name
 
 
-class RunLimits(BaseModel):
-    """Seeded samples for quick runs (None = every row). A pydantic model so the UI builds a form
-    for it and validates the values."""
-
-    model_config = ConfigDict(extra="forbid")
-    labeled: int | None = Field(default=None, ge=1)
-    unlabeled: int | None = Field(default=None, ge=1)
-    test: int | None = Field(default=None, ge=1)
-
-
 class StepRunner:
-    """Runs tasks with run-local result storage, re-runs a cache hit whose output was changed or
-    deleted on disk since, and records per-step wall time and cache hits."""
+    """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a cached,
+    retried task with run-local result storage. A cache hit whose output files were changed or
+    deleted on disk since is run again. Records which steps came from the cache and what they took
+    when they were computed; a fan-out step (generation shards) moves a progress artifact
+    `semievol-<task>` after each element."""
 
-    def __init__(self, out_dir: str | Path, logger):
-        self.storage = Path(out_dir).resolve() / CACHE_DIR
+    def __init__(self, cfg, out_dir: str | Path, logger):
+        self.cfg = cfg
+        self.run_dir = Path(out_dir).resolve()
+        self.storage = self.run_dir / CACHE_DIR
         self.logger = logger
-        self.timings: dict[str, float] = {}
         self.cached: list[str] = []
         self._cached_seconds: dict[str, float] = {}
         self.executed: list[str] = []
-        self._bound: dict[tuple[str, str], Task] = {}
-
-    def _bind(self, task: Task, name: str) -> Task:
-        if (task.name, name) not in self._bound:
-            self._bound[task.name, name] = task.with_options(result_storage=self.storage,
-                                                             task_run_name=name)
-        return self._bound[task.name, name]
+        self._progress: dict[str, Any] = {}
 
     @property
     def cached_seconds(self) -> dict[str, float]:
@@ -79,25 +63,35 @@ class StepRunner:
         in part, e.g. new generation shards, shows this run's time instead)."""
         return {k: v for k, v in self._cached_seconds.items() if k not in self.executed}
 
-    def run(self, step: str, task: Task, name: str | None = None, **kwargs: Any) -> Any:
-        """Run `task` as `step` (the timing key); its task run is called `name` (default: step)."""
-        bound = self._bind(task, name or step)
-        t0 = time.perf_counter()
-        state = bound(return_state=True, **kwargs)
+    def __call__(self, step, inputs: dict, index: int | None, count: int) -> dict:
+        name = step.name if index is None else f"{step.name}-{index + 1}/{count}"
+        task = step_task(step, self.storage, name)
+        kwargs: dict[str, Any] = dict(step=step.name, cfg=self.cfg, run_dir=str(self.run_dir), inputs=inputs)
+        if index is not None:
+            kwargs["progress"] = self._moving(step, index, count)
+        state = task(return_state=True, **kwargs)
         result = state.result()  # raises the task's exception if it failed
         hit = state.name == "Cached"
-        if hit and not output_intact(result):
-            # Outputs sit at fixed paths, so a later run (another θ, say) may have rewritten this
-            # one; the cache entry is then stale and the step must run again.
-            self.logger.warning("%s: cached output %s changed on disk; recomputing", step,
-                                result.get("path"))
-            result = bound.with_options(refresh_cache=True)(**kwargs)
+        if hit and not outputs_intact(result):
+            self.logger.warning("%s: cached output changed on disk; recomputing", name)
+            result = task.with_options(refresh_cache=True)(**kwargs)
             hit = False
-        (self.cached if hit else self.executed).append(step)
-        if hit and isinstance(result, dict) and result.get("seconds") is not None:
-            self._cached_seconds[step] = round(self._cached_seconds.get(step, 0.0) + result["seconds"], 3)
-        self.timings[step] = round(self.timings.get(step, 0.0) + time.perf_counter() - t0, 3)
-        return result
+        (self.cached if hit else self.executed).append(step.name)
+        if hit:
+            self._cached_seconds[step.name] = round(self._cached_seconds.get(step.name, 0.0) + result["seconds"], 3)
+        if index is not None:
+            update_progress_artifact(kwargs["progress"]["artifact"], progress=100.0 * (index + 1) / count,
+                                     description=f"{kwargs['progress']['label']}: {index + 1}/{count}")
+            self.logger.info("%s %d/%d done", step.name, index + 1, count)
+        return result["outputs"]
+
+    def _moving(self, step, index: int, count: int) -> dict:
+        """The progress artifact of a fan-out step (created at its first element)."""
+        label = f"{step.name} in {self.run_dir}"
+        if index == 0 or step.name not in self._progress:
+            self._progress[step.name] = create_progress_artifact(
+                progress=0.0, key=f"semievol-{step.task_name}", description=f"{label}: 0/{count}")
+        return {"artifact": str(self._progress[step.name]), "index": index, "count": count, "label": label}
 
 
 def _num(x: Any, digits: int = 4) -> Any:

@@ -19,8 +19,8 @@ from prefect import flow, get_run_logger
 
 from semievol_core.config import SemiEvolConfig
 from semievol_core.report import systems_table
-from semievol_core.steps import save_json
-from tasks import method
+from semievol_core.steps import NEIGHBOR_SYSTEMS, save_json
+from semievol_core import graph
 from tasks.common import ensure_gpu_limit
 
 from flows.common import StepRunner, publish_accuracy, publish_markdown, run_name
@@ -39,32 +39,29 @@ def evaluate(test: str, out_dir: str, model: str | None = None, adapter: str | N
         raise FileNotFoundError(f"{test_path}: no test table")
     if adapter is not None and not Path(adapter).is_dir():
         raise FileNotFoundError(f"{adapter}: adapter directory not found")
-    if name in ("rag_knn", "knn_vote"):
+    if name in NEIGHBOR_SYSTEMS:
         raise ValueError(f"name {name!r} is reserved for evolve's neighbour-based systems")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_gpu_limit(log)
-    run = StepRunner(out, log)
-
-    prep = run.run("prepare", method.prepare_test, cfg=cfg, test=str(test_path),
-                   out=str(out / "data" / "test.parquet"), limit=limit)
-    res = run.run("evaluate", method.evaluate, cfg=cfg, system=name, test=prep["path"],
-                  answer_type=prep["answer_type"], out=str(out / "predictions" / f"{name}.parquet"),
-                  adapter=str(Path(adapter).resolve()) if adapter else None)
+    runner, timings = StepRunner(cfg, out, log), {}
+    sources = {"test_table": str(test_path), "limit": limit, "name": name,
+               "adapter": str(Path(adapter).resolve()) if adapter else None}
+    res = graph.execute(graph.EVALUATION, sources, runner, timings)
     metrics = res["metrics"]
-    summary = {"model": cfg.model, "adapter": adapter, "test": str(test_path), "n": prep["n"],
-               "answer_type": prep["answer_type"], "metrics": metrics, "predictions": res["path"],
-               "timings": run.timings}
+    summary = {"model": cfg.model, "adapter": adapter, "test": str(test_path), "n": res["n"],
+               "answer_type": res["answer_type"], "metrics": metrics, "predictions": res["predictions"],
+               "timings": timings}
     save_json(summary, out / "metrics.json")
     md = "\n".join([
         f"# Evaluation — `{name}`", "", f"- model: `{cfg.model}`", f"- adapter: `{adapter or 'none'}`",
-        f"- test table: `{test_path}` ({prep['n']} questions, {prep['answer_type']})", "",
+        f"- test table: `{test_path}` ({res['n']} questions, {res['answer_type']})", "",
         systems_table({name: metrics}), "",
-        f"Predictions: `{res['path']}`; metrics: `{out / 'metrics.json'}`", "",
+        f"Predictions: `{res['predictions']}`; metrics: `{out / 'metrics.json'}`", "",
         "```yaml", cfg.to_yaml().rstrip(), "```", ""])
     (out / "report.md").write_text(md, encoding="utf-8")
     log.info("%s: accuracy %.3f (95%% CI %.3f-%.3f) on %d questions", name, metrics["accuracy"],
-             metrics["ci_low"], metrics["ci_high"], prep["n"])
+             metrics["ci_low"], metrics["ci_high"], res["n"])
     publish_accuracy({name: metrics}, key="semievol-eval-accuracy", description=f"Accuracy — {out}")
     publish_markdown(md, key="semievol-eval-report", description=f"Evaluation report — {out}")
     return summary

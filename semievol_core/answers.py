@@ -154,8 +154,8 @@ def _letter_token(span: str, options: list[str] | None, strict: bool) -> str | N
         return ch.upper()
     if ch.upper() in "AI" or (strict and ch.islower()):
         # Article/pronoun ("A company...", "I think...") unless the words are that option's text.
-        idx = LETTERS.index(ch.upper())
-        if options and idx < len(options):
+        idx = LETTERS.find(ch.upper())  # -1: a letter past the last option letter ("k 0")
+        if options and 0 <= idx < len(options):
             opt = normalize_text(options[idx])
             if opt and f"{normalize_text(after)} ".startswith(f"{opt} "):
                 return ch.upper()

@@ -25,6 +25,7 @@ import pandas as pd
 from .answers import canonical_answer, parse_answer
 from .backends.base import Backend, Sampling
 from .config import Collaborator, SemiEvolConfig
+from .letter_scores import letter_reply, score_letters
 from .prompts import LETTERS, Demo, question_chat
 
 RESPONSE_COLUMNS = [
@@ -95,12 +96,6 @@ def generate_responses(
     return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
 
 
-def letter_reply(letters: Sequence[str], logprobs: Sequence[float], pick: int) -> str:
-    """The stored 'raw text' of an answer chosen from letter log-probs: the answer and the evidence."""
-    shown = ", ".join(f"{l}={v:.3f}" for l, v in zip(letters, logprobs))
-    return f"Answer: {letters[pick]}  [letter log-probs: {shown}]"
-
-
 def _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, seed) -> list[tuple]:
     """Sample each answer from the model's distribution over option letters (one forward pass).
 
@@ -108,26 +103,21 @@ def _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, s
     token, the same quantity the paper averages over a free-text reply's tokens.
     """
     rows = []
-    n_opts = questions["options"].map(lambda o: len(o) if o is not None else 0).to_numpy()
-    for n in sorted(set(n_opts)):
-        if n == 0:
-            raise ValueError("collaboration_mode 'choice_logprobs' needs options on every question")
-        idx = np.flatnonzero(n_opts == n)
+    for i, scores in score_letters(backend, chats, questions["options"].tolist(), adapter=adapter):
+        uid = questions["id"].iloc[i]
+        lp = scores.astype(np.float64)
+        n = len(lp)
         letters = list(LETTERS[:n])
-        logp = backend.choice_logprobs([chats[i] for i in idx], letters, adapter=adapter)
-        for row, i in enumerate(idx):
-            uid = questions["id"].iloc[i]
-            lp = logp[row].astype(np.float64)
-            # Sampling distribution: the letters' probabilities renormalised, at the temperature.
-            if cfg.temperature > 0:
-                z = (lp - lp.max()) / cfg.temperature
-                p = np.exp(z) / np.exp(z).sum()
-            rng = np.random.default_rng(_stable_seed(seed, uid))
-            for s in range(count):
-                pick = int(rng.choice(n, p=p)) if cfg.temperature > 0 else int(np.argmax(lp))
-                text = letter_reply(letters, lp, pick)
-                rows.append((uid, collab.name, collab.model, collab.n_demos, s, text, letters[pick],
-                             True, "letter_logprobs", 1, float(-lp[pick]), "stop"))
+        # Sampling distribution: the letters' probabilities renormalised, at the temperature.
+        if cfg.temperature > 0:
+            z = (lp - lp.max()) / cfg.temperature
+            p = np.exp(z) / np.exp(z).sum()
+        rng = np.random.default_rng(_stable_seed(seed, uid))
+        for s in range(count):
+            pick = int(rng.choice(n, p=p)) if cfg.temperature > 0 else int(np.argmax(lp))
+            text = letter_reply(letters, lp, pick)
+            rows.append((uid, collab.name, collab.model, collab.n_demos, s, text, letters[pick],
+                         True, "letter_logprobs", 1, float(-lp[pick]), "stop"))
     return rows
 
 

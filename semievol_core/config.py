@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -157,4 +157,27 @@ def load_yaml_mapping(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping of field: value")
+    return data
+
+
+def apply_overrides(data: dict, pairs: Sequence[str]) -> dict:
+    """`KEY=VALUE` pairs applied to a config mapping in place (and returned): dotted keys reach
+    nested fields (`train.epochs=3`), values are YAML (`3`, `true`, `[a, b]`, empty for null).
+    Field names and values are left to `SemiEvolConfig.model_validate`; ValueError with a
+    one-line reason for a pair that is not KEY=VALUE or walks into a value that is not a mapping."""
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        *parents, leaf = key.strip().split(".")
+        if not sep or not leaf or not all(parents):
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE (dotted KEY for nested fields)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {pair!r}: not a YAML value: {' '.join(str(exc).split())}") from None
+        node = data
+        for depth, name in enumerate(parents, 1):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {pair!r}: {'.'.join(parents[:depth])} is a value, not a group of fields")
+        node[leaf] = value
     return data

@@ -1,12 +1,10 @@
-"""The Parquet data layer: a dataset directory of validated tables, and importers that fill it.
+"""The Parquet tables of a dataset directory: validated writes, reads, appends, fingerprints.
 
-    summary = import_csv_dir("/work/shared/datasets/semievol/arc", "data/arc")  # paper's CSVs
-    print(summary)                                   # counts, duplicates, quarantined, notes
     ds = load_dataset("data/arc")                    # ds.labeled, ds.unlabeled, ds.test, ds.oracle
-    logs = read_records("logs.jsonl", {"question": "prompt", "options": "choices"}, "unlabeled")
+    write_table(df, "data/arc/test.parquet", "test") # validated, atomic
     append_part(logs, "data/arc/unlabeled", "unlabeled")   # -> .../unlabeled/part-00001.parquet
     table_fingerprint("data/arc/unlabeled")          # sha256 hex; changes iff the bytes change
-    ingest_file("inbox/logs.jsonl", "data/arc")      # one inbox file -> next unlabeled part
+    unlabeled, oracle = split_oracle(labeled_shaped) # answers kept apart from the questions
 
 Layout of a dataset directory:
     labeled.parquet, test.parquet       id, question, options, answer, metadata
@@ -14,59 +12,44 @@ Layout of a dataset directory:
     oracle.parquet      (optional)      id, answer of unlabeled rows; only to score pseudo-labels
     quarantine.parquet  (optional)      rows an import skipped (skip_bad_rows=True), with reasons
 
-Every write is atomic (temp file in the same directory, then rename), so a crash never leaves a
-half-written table. Schemas, ids, row-number conventions and the rules every import shares (which
-columns give an answer away, multiple choice vs free-form): see semievol_core/schema.py.
-ingest_file() is the plain-Python body of the `ingest` Prefect task (tasks/ingest.py).
+Every write is atomic (semievol_core/atomic.py), so a crash never leaves a half-written table.
+Schemas, ids, row-number conventions and the rules every import shares (which columns give an
+answer away, multiple choice vs free-form): see semievol_core/schema.py. What fills a dataset:
+semievol_core/paper_csv.py (the SemiEvol paper's CSVs, `semievol import-csv`) and
+semievol_core/sources.py (a user's JSONL/CSV/Parquet logs, read by semievol_core/ingest.py).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
-import shutil
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semievol_core.atomic import atomic_path, fsync_file, temp_file
 from semievol_core.schema import (
-    QUESTION_KINDS,
     SCHEMAS,
     DataError,
     FieldError,
-    Record,
-    RowCollector,
     answer_columns,
     answer_note,
     check_answer,
     check_form,
     check_id,
     check_metadata,
-    content_id,
     is_multiple_choice,
     jsonable,
     normalize_record,
-    parse_options,
-    show,
 )
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_FIELDS = ("id", "question", "options", "answer")
-_ID_COLUMNS = ("id", "question_id")  # id columns of the paper's CSVs (arc, mmlu_pro)
-# The csv module refuses fields over 128 KiB by default, a limit real questions (a pasted document)
-# can pass; 2**31 - 1 fits a C long on every platform (sys.maxsize does not on Windows).
-csv.field_size_limit(2**31 - 1)
-
-# ----------------------------------------------------------------------------- tables on disk
 
 
 def _check_kind(kind: str) -> None:
@@ -121,16 +104,9 @@ def _check_row(rec: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    """Write to a hidden temp file next to `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    """Write `table` to the Parquet file `path` atomically (atomic.atomic_path)."""
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def validate_table(df: pd.DataFrame, kind: str, path: str | Path) -> None:
@@ -164,9 +140,18 @@ def empty_frame(kind: str) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series([], dtype=object) for name in SCHEMAS[kind].names})
 
 
-def _frame(rows: list[dict[str, Any]], names: Iterable[str]) -> pd.DataFrame:
-    names = list(names)
-    return pd.DataFrame(rows, columns=names) if rows else empty_frame("labeled")[names]
+def rows_frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
+    """Checked rows (dicts with the kind's columns) as a DataFrame with the kind's columns, in
+    schema order; no rows give the kind's empty frame (object columns, as read_table's)."""
+    return pd.DataFrame(rows, columns=SCHEMAS[kind].names) if rows else empty_frame(kind)
+
+
+def read_parquet(path: Path) -> pa.Table:
+    """One Parquet file as it is (no schema check); DataError naming it when it is not Parquet."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, None, None, f"not a readable Parquet file: {err}") from None
 
 
 def read_table(path: str | Path, kind: str) -> pd.DataFrame:
@@ -178,10 +163,7 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     schema = SCHEMAS[kind]
     tables = []
     for part in _parts(Path(path)):
-        try:
-            table = pq.read_table(part)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(part, None, None, f"not a readable Parquet file: {err}") from None
+        table = read_parquet(part)
         for name in schema.names:
             if name not in table.column_names:
                 raise DataError(part, None, name, f"missing required column for a {kind} table")
@@ -216,11 +198,9 @@ def append_part(df: pd.DataFrame, directory: str | Path, kind: str) -> Path:
                                     f"id {old!r} is already in {part.name}")
     numbers = [int(m.group(1)) for p in existing if (m := _PART.match(p.name))]
     number = max(numbers, default=-1) + 1
-    tmp = directory / f".part.{uuid.uuid4().hex}.tmp"
-    try:
+    with temp_file(directory / "part") as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         # link() never overwrites: if a concurrent appender took the name, take the next one
         while True:
             final = directory / f"part-{number:05d}.parquet"
@@ -229,8 +209,6 @@ def append_part(df: pd.DataFrame, directory: str | Path, kind: str) -> Path:
                 return final
             except FileExistsError:
                 number += 1
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def table_fingerprint(path: str | Path) -> str:
@@ -304,290 +282,3 @@ def check_forms(data_dir: str | Path) -> None:
                 check_form(options, multiple_choice)
             except FieldError as err:
                 raise DataError(path, i, err.column, err.message) from None
-
-# ----------------------------------------------------------------------------- source files
-
-
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "file not found") from None
-    except OSError as err:
-        raise DataError(path, None, None, f"cannot read file: {err.strerror or err}") from None
-    try:
-        return data.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs add
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        message = f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); re-save as UTF-8"
-        raise DataError(path, None, None, message) from None
-
-
-
-
-def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(path, None, None, "file is empty (no header)")
-    # strict: a quote left open must be an error, not a field that swallows the rest of the file
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records: list[Record] = []
-    try:
-        header = next(reader)
-        if len(set(header)) != len(header):
-            raise DataError(path, None, None, f"duplicate column names in header: {show(header)}")
-        for fields in reader:
-            if not fields:  # blank line: skipped, not counted as a row
-                continue
-            raw = dict(zip(header, fields))
-            problem = None
-            if len(fields) != len(header):
-                problem = FieldError(None, f"has {len(fields)} fields, "
-                                           f"the header has {len(header)}")
-                raw = {"fields": fields}
-            records.append((len(records) + 1, raw, problem))
-    except csv.Error as err:
-        # the reader stops inside the record where the quote opened: that is the row to name
-        hint = " (a quoted field opened on this row is never closed)" if (
-            "unexpected end of data" in str(err)) else ""
-        raise DataError(path, len(records) + 1, None, f"malformed CSV: {err}{hint}") from None
-    return header, records
-
-
-def _jsonl_records(path: Path) -> tuple[list[str], list[Record]]:
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(path, None, None, "file is empty (no records)")
-    columns: dict[str, None] = {}  # insertion-ordered set
-    records: list[Record] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            records.append((lineno, {"line": line}, FieldError(None, f"not valid JSON: {err.msg}")))
-            continue
-        if not isinstance(obj, dict):
-            records.append((lineno, {"line": line}, FieldError(None, "line is not a JSON object")))
-            continue
-        columns.update(dict.fromkeys(obj))
-        records.append((lineno, obj, None))
-    return list(columns), records
-
-
-def _parquet_records(path: Path) -> tuple[list[str], list[Record]]:
-    if not path.exists():
-        raise DataError(path, None, None, "file not found")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(path, None, None, f"not a readable Parquet file: {err}") from None
-    return table.column_names, [(i, rec, None) for i, rec in enumerate(table.to_pylist(), start=1)]
-
-
-_READERS: dict[str, Callable[[Path], tuple[list[str], list[Record]]]] = {
-    ".csv": _csv_records, ".jsonl": _jsonl_records, ".ndjson": _jsonl_records,
-    ".parquet": _parquet_records, ".pq": _parquet_records,
-}
-
-
-def _source_records(path: Path) -> tuple[list[str], list[Record]]:
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(path, None, None, f"unsupported file type {path.suffix!r} "
-                        "(expected .csv, .jsonl or .parquet)")
-    columns, records = reader(path)
-    if not records:
-        raise DataError(path, None, None, "no data rows")
-    return columns, records
-
-
-def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kind: str = "labeled",
-                 *, skip_bad_rows: bool = False,
-                 multiple_choice: bool | None = None) -> pd.DataFrame:
-    """Read a user's JSONL, CSV or Parquet file as a validated labeled/unlabeled/test table.
-
-    mapping: our field -> the file's column, e.g. {"question": "prompt", "options": "choices",
-    "answer": "label", "id": "uid"}; unmapped fields default to the same name. No id column ->
-    content hash; no options column -> free-form. Other columns go into `metadata`. Options may be
-    a JSON-string list or a real list. multiple_choice: the form every row must have (the target
-    dataset's, schema.check_form); None accepts both. Unlabeled records must not carry an answer
-    (read them as labeled and use split_oracle), and columns that give it away under another name
-    (schema.answer_columns) are kept out of their metadata, said in df.attrs["notes"]. Identical
-    duplicates are dropped and counted in df.attrs["duplicates"]; with skip_bad_rows, bad rows
-    are listed in df.attrs["quarantine"].
-    """
-    if kind not in QUESTION_KINDS:
-        raise ValueError(f"kind must be one of {QUESTION_KINDS}, not {kind!r}")
-    mapping = dict(mapping or {})
-    unknown = set(mapping) - set(_FIELDS)
-    if unknown:
-        raise ValueError(f"mapping keys must be among {_FIELDS}, got {sorted(unknown)}")
-    path = Path(path)
-    header, records = _source_records(path)
-    columns: dict[str, str | None] = {}
-    for name in _FIELDS:
-        src = mapping.get(name, name)
-        present = src in header
-        if name == "answer" and kind == "unlabeled" and present:
-            raise DataError(path, None, src, "unlabeled records must not carry answers; read "
-                            "the file as 'labeled' and split the answers off with split_oracle()")
-        required = name == "question" or (name == "answer" and kind != "unlabeled")
-        if not present and name == "options" and multiple_choice:
-            raise DataError(path, None, src, "missing required column (the dataset is "
-                            "multiple choice)")
-        if not present and (required or name in mapping):
-            raise DataError(path, None, src, "missing required column")
-        columns[name] = src if present else None
-    hidden = _answer_columns(records, columns) if kind == "unlabeled" else {}
-    collector = RowCollector(path, columns, skip_bad_rows)
-    collector.add(records, answer="none" if kind == "unlabeled" else "required",
-                  multiple_choice=multiple_choice, withhold=frozenset(hidden))
-    df = _frame(collector.rows, SCHEMAS[kind].names)
-    df.attrs["duplicates"] = collector.duplicates
-    df.attrs["quarantine"] = collector.quarantine
-    df.attrs["notes"] = [answer_note(hidden)] if hidden else []
-    return df
-
-
-def _answer_columns(records: list[Record], columns: Mapping[str, str | None]) -> dict[str, str]:
-    """schema.answer_columns over a file's records: the columns not mapped to one of our fields,
-    next to each readable row's options (unreadable options count as none)."""
-    used = {c for c in columns.values() if c}
-    ocol = columns.get("options")
-
-    def options(raw: Mapping[str, Any]) -> list[str] | None:
-        try:
-            return parse_options(raw.get(ocol), ocol) if ocol else None
-        except FieldError:
-            return None
-
-    return answer_columns((options(raw), {k: v for k, v in raw.items() if k not in used})
-                          for _, raw, problem in records if problem is None)
-
-# ----------------------------------------------------------------------------- paper CSV import
-
-
-@dataclass
-class ImportSummary:
-    src_dir: str
-    out_dir: str
-    counts: dict[str, int] = field(default_factory=dict)     # rows written per table
-    rows_read: dict[str, int] = field(default_factory=dict)  # data rows in each source file
-    duplicates: int = 0   # identical duplicate rows dropped (one kept)
-    quarantined: int = 0  # bad rows moved to quarantine.parquet
-    notes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"imported {self.src_dir} -> {self.out_dir}"]
-        for name, n in self.counts.items():
-            read = self.rows_read.get(name)
-            extra = f" (of {read} read)" if read is not None and read != n else ""
-            lines.append(f"  {name:<10} {n:>6} rows{extra}")
-        lines.append(f"  duplicates dropped: {self.duplicates}, quarantined: {self.quarantined}")
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
-
-
-def _publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Swap the fully written staging directory into place: all tables appear at once."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-        trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex}")
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(staging, out)  # rename(2) onto a missing or empty directory
-
-
-def _import_split(path: Path, split: str, skip_bad_rows: bool,
-                  summary: ImportSummary) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """One paper CSV -> (labeled-shaped frame, quarantined rows); notes go into `summary`."""
-    header, records = _source_records(path)
-    unl = split == "unlabeled"
-    for name in ("question", "options") + (() if unl else ("answer",)):
-        if name not in header:
-            raise DataError(path, None, name, "missing required column")
-    columns = {f: (f if f in header else None) for f in _FIELDS}
-    # mmlu_pro repeats some questions verbatim under different question_ids: its own id keeps
-    # them apart (a content hash would call them conflicting duplicates)
-    columns["id"] = next((c for c in _ID_COLUMNS if c in header), None)
-    hidden = _answer_columns(records, columns) if unl else {}
-    collector = RowCollector(path, columns, skip_bad_rows)
-    collector.add(records, answer="optional" if unl else "required", numbered=True,
-                  multiple_choice=True, withhold=frozenset(hidden))
-    summary.rows_read[split] = len(records)
-    summary.duplicates += collector.duplicates
-    where = f"{path.parent.name}/{path.name}"
-    notes = []
-    if collector.duplicates:
-        notes.append(f"{collector.duplicates} identical duplicate row(s) dropped, first kept")
-    if collector.converted:
-        notes.append(f"{collector.converted} answer(s) given as 1-based option numbers "
-                     "converted to letters")
-    if columns["id"] not in (None, "id"):
-        notes.append(f"ids taken from column {columns['id']}")
-    if hidden:
-        notes.append(answer_note(hidden))
-    summary.notes += [f"{where}: {note}" for note in notes]
-    return _frame(collector.rows, SCHEMAS["labeled"].names), collector.quarantine
-
-
-def import_csv_dir(src_dir: str | Path, out_dir: str | Path, *, skip_bad_rows: bool = False,
-                   overwrite: bool = False) -> ImportSummary:
-    """Import the SemiEvol paper's labeled.csv / unlabeled.csv / test.csv into a dataset directory.
-
-    A missing unlabeled.csv gives an empty unlabeled table. Answers in unlabeled.csv go to
-    oracle.parquet, never into the unlabeled table. 1-based option numbers given as answers (arc)
-    become letters. Raises DataError on the first bad row unless skip_bad_rows, which moves bad
-    rows to quarantine.parquet. A non-empty out_dir is only replaced (whole) with overwrite=True.
-    """
-    src, out = Path(src_dir), Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-    summary = ImportSummary(src_dir=str(src), out_dir=str(out))
-    frames: dict[str, pd.DataFrame] = {}
-    quarantine: list[dict[str, Any]] = []
-    for split in ("labeled", "unlabeled", "test"):
-        path = src / f"{split}.csv"
-        if split == "unlabeled" and not path.exists():
-            summary.notes.append("no unlabeled.csv in the source: the unlabeled table is empty")
-            frames[split] = empty_frame("labeled")
-            continue
-        frames[split], bad = _import_split(path, split, skip_bad_rows, summary)
-        quarantine += bad
-    unlabeled, oracle = split_oracle(frames["unlabeled"])
-    if len(oracle):
-        summary.notes.append(f"unlabeled answers ({len(oracle)}) are in oracle.parquet: "
-                             "use them only to score pseudo-labels")
-    # same question in two splits (by content, whatever the ids): worth knowing, not an error
-    seen = {name: {content_id(q, o) for q, o in zip(f["question"], f["options"])}
-            for name, f in frames.items()}
-    for a, b in (("labeled", "test"), ("unlabeled", "test"), ("labeled", "unlabeled")):
-        if both := len(seen[a] & seen[b]):
-            summary.notes.append(f"{both} question(s) with the same text and options "
-                                 f"in both {a} and {b}")
-    summary.quarantined = len(quarantine)
-    if quarantine:
-        summary.notes.append(f"{len(quarantine)} bad row(s) moved to quarantine.parquet")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.importing-{uuid.uuid4().hex}")
-    try:
-        write_table(frames["labeled"], staging / "labeled.parquet", "labeled")
-        write_table(unlabeled, staging / "unlabeled" / "part-00000.parquet", "unlabeled")
-        write_table(frames["test"], staging / "test.parquet", "test")
-        if len(oracle):
-            write_table(oracle, staging / "oracle.parquet", "oracle")
-        if quarantine:
-            write_table(pd.DataFrame(quarantine), staging / "quarantine.parquet", "quarantine")
-        _publish(staging, out, overwrite)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    summary.counts = {"labeled": len(frames["labeled"]), "unlabeled": len(unlabeled),
-                      "test": len(frames["test"]), "oracle": len(oracle)}
-    return summary

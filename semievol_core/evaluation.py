@@ -15,6 +15,7 @@ import pandas as pd
 
 from .answers import LETTERS, answers_equal, canonical_answer, parse_answer
 from .backends.base import Backend, Sampling
+from .letter_scores import score_letters
 from .prompts import question_chat
 from .stats import bootstrap_ci
 
@@ -30,13 +31,9 @@ def predict(backend: Backend, test: pd.DataFrame, answer_type: str, adapter: str
         if answer_type != "choice":
             raise ValueError("eval mode 'choice_logprobs' needs a multiple-choice test set")
         texts, answers = [""] * len(test), [None] * len(test)
-        n_opts = test["options"].map(len).to_numpy()
-        for n in sorted(set(n_opts)):
-            idx = np.flatnonzero(n_opts == n)
-            lp = backend.choice_logprobs([chats[i] for i in idx], list(LETTERS[:n]), adapter=adapter)
-            for row, i in enumerate(idx):
-                answers[i] = LETTERS[int(np.argmax(lp[row]))]
-                texts[i] = "Answer: " + answers[i]
+        for i, lp in score_letters(backend, chats, test["options"].tolist(), adapter=adapter):
+            answers[i] = LETTERS[int(np.argmax(lp))]
+            texts[i] = "Answer: " + answers[i]
         parse_ok = [True] * len(test)
     elif mode == "generate":
         gens = backend.generate(chats, Sampling(n=1, temperature=0.0, max_tokens=max_new_tokens), adapter=adapter)

@@ -21,8 +21,9 @@ from typing import Iterator, Mapping
 
 import pandas as pd
 
-from semievol_core.data import append_part, read_records, read_table
+from semievol_core.data import append_part, read_table
 from semievol_core.schema import DataError, content_id, is_multiple_choice
+from semievol_core.sources import read_records
 
 PROCESSED, REJECTED = "processed", "rejected"  # inbox sub-directories files are moved to
 

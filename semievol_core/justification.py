@@ -12,14 +12,13 @@ justification prompt, and H its NLL, just as the collaborators' answers were mad
 
 from __future__ import annotations
 
-import pandas as pd
-
 import numpy as np
+import pandas as pd
 
 from .answers import LETTERS, canonical_answer, parse_answer
 from .backends.base import Backend, Sampling
-from .collaboration import letter_reply
 from .config import SemiEvolConfig
+from .letter_scores import letter_reply, score_letters
 from .prompts import Candidate, justification_chat
 
 JUSTIFIED_COLUMNS = ["unlabeled_id", "text", "answer", "parse_ok", "num_tokens", "H"]
@@ -52,13 +51,9 @@ def justify(backend: Backend, votes: pd.DataFrame, responses: pd.DataFrame, ques
 
 
 def _justify_by_letters(backend, disputed, chats, options, warm_adapter) -> pd.DataFrame:
-    n_opts = np.array([len(o) for o in options])
     rows = [None] * len(disputed)
-    for n in sorted(set(n_opts)):
-        idx = np.flatnonzero(n_opts == n)
-        lp = backend.choice_logprobs([chats[i] for i in idx], list(LETTERS[:n]), adapter=warm_adapter)
-        for row, i in enumerate(idx):
-            best = int(np.argmax(lp[row]))
-            text = letter_reply(LETTERS[:n], lp[row], best)
-            rows[i] = (disputed[i], text, LETTERS[best], True, 1, float(-lp[row, best]))
+    for i, lp in score_letters(backend, chats, options, adapter=warm_adapter):
+        best = int(np.argmax(lp))
+        text = letter_reply(LETTERS[:len(lp)], lp, best)
+        rows[i] = (disputed[i], text, LETTERS[best], True, 1, float(-lp[best]))
     return pd.DataFrame(rows, columns=JUSTIFIED_COLUMNS)

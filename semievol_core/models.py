@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
@@ -75,19 +75,11 @@ def _dequantized_copy(key: str) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temp dir and rename: two processes racing here both end with a complete copy.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out.parent))
-    try:
+    # A temp dir renamed into place; replace=False: when two processes race here, the first
+    # complete copy stays (a reader may already use it) and the other is discarded.
+    with atomic_dir(out, replace=False) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -34,8 +31,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
 from .answers import infer_answer_type
+from .atomic import atomic_path
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
 from .config import SemiEvolConfig
@@ -69,10 +68,8 @@ def load_frame(path: str | Path) -> pd.DataFrame:
 
 def save_json(obj, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
     return path
 
 
@@ -137,13 +134,14 @@ def unload_backends() -> None:
 
 
 # ---------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Limits:
-    """Seeded samples for quick runs (None = all rows)."""
+class Limits(BaseModel):
+    """Seeded samples for quick runs (None = every row). A pydantic model, so a flow parameter of
+    this type gets a validated form in the Prefect UI."""
 
-    labeled: int | None = None
-    unlabeled: int | None = None
-    test: int | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    labeled: int | None = Field(default=None, ge=1)
+    unlabeled: int | None = Field(default=None, ge=1)
+    test: int | None = Field(default=None, ge=1)
 
 
 def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -171,6 +169,16 @@ def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Lim
     elif (out / "oracle.parquet").exists():
         (out / "oracle.parquet").unlink()
     return out
+
+
+def dataset_fingerprint(data_dir: str | Path) -> str:
+    """A dataset's tables by content (not the directory: quarantined rows, locks and the like do
+    not change what a run reads)."""
+    from .data import table_fingerprint
+
+    d = Path(data_dir)
+    return ";".join(f"{name}={table_fingerprint(d / name) if (d / name).exists() else '-'}"
+                    for name in ("labeled.parquet", "unlabeled", "test.parquet", "oracle.parquet"))
 
 
 def answer_type_of(labeled: pd.DataFrame, cfg: SemiEvolConfig) -> str:
@@ -252,10 +260,9 @@ def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Pa
     df = read_table(table, kind)
     vecs = get_embedder(cfg).embed(df["question"].tolist())
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.npy")
-    np.save(tmp, vecs)
-    os.replace(tmp, out)
+    # np.save to an open file: given a path not ending in .npy it would write to path + ".npy"
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, vecs)
     return out
 
 
@@ -286,19 +293,37 @@ def shard_plan(unlabeled: str | Path, shard_size: int) -> list[list[str]]:
     return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
+# The config fields a shard's responses depend on (collaboration.py reads these).
+GENERATION_CONFIG = ("model", "seed", "system_prompt", "k_demos", "n_collaborators", "collaborators",
+                     "temperature", "max_new_tokens", "collaboration_mode", "answer_type")
+
+
 def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.DataFrame,
                    demos: dict[str, list[Demo]]) -> str:
     """Everything a shard's responses depend on: its questions and demos, the warm adapter's
     weights, the generation settings, the code version. Execution settings are left out."""
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
-    h.update(cfg.result_key("model", "seed", "system_prompt", "k_demos", "n_collaborators",
-                            "collaborators", "temperature", "max_new_tokens", "collaboration_mode",
-                            "answer_type").encode())
+    h.update(cfg.result_key(*GENERATION_CONFIG).encode())
     h.update(file_digest(warm_adapter).encode())
     for uid, q, o in zip(questions["id"], questions["question"], questions["options"]):
         h.update(json.dumps([uid, q, o, [(d.question, d.options, d.answer) for d in demos.get(uid, [])]]).encode())
     return h.hexdigest()
+
+
+def shard_inputs(ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+                 neighbors: str | Path) -> tuple[pd.DataFrame, dict[str, list[Demo]]]:
+    """One shard's questions (in `ids` order) and their demonstrations."""
+    ids = list(ids)
+    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[ids].reset_index()
+    nb = load_frame(neighbors)
+    return qs, demos_by_id(nb[nb["unlabeled_id"].isin(ids)], read_table(labeled, "labeled"))
+
+
+def shard_generation_key(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+                         neighbors: str | Path, warm_adapter: str | Path) -> str:
+    """generation_key of one shard: rows appended to the tables later do not change it."""
+    return generation_key(cfg, warm_adapter, *shard_inputs(ids, unlabeled, labeled, neighbors))
 
 
 def collaborators_of(cfg: SemiEvolConfig):
@@ -311,8 +336,7 @@ def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Pat
     """Responses of every collaborator for one shard of questions, written as one file named by
     its generation key: a shard already on disk is not generated again (resume after a crash).
     on_progress(fraction of the shard done) is called as collaborator groups finish."""
-    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[list(ids)].reset_index()
-    demos = demos_by_id(load_frame(neighbors).query("unlabeled_id in @ids"), read_table(labeled, "labeled"))
+    qs, demos = shard_inputs(ids, unlabeled, labeled, neighbors)
     key = generation_key(cfg, warm_adapter, qs, demos)
     out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
     if out.exists():
@@ -422,6 +446,7 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
 
 # ---------------------------------------------------------------------------- 7. evaluation
 SYSTEMS = ("vanilla", "rag_knn", "knn_vote", "sft", "semievol")
+NEIGHBOR_SYSTEMS = ("rag_knn", "knn_vote")  # systems that read the labeled neighbours of a test row
 
 
 def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_type: str, out: str | Path,
@@ -429,7 +454,7 @@ def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_t
                     test_neighbors: str | Path | None = None) -> dict:
     """Predictions on the test table written to `out`; returns the metrics."""
     tst = read_table(test, "test")
-    if system in ("rag_knn", "knn_vote"):
+    if system in NEIGHBOR_SYSTEMS:
         if labeled is None or test_neighbors is None:
             raise ValueError(f"system {system!r} needs the labeled table and the test neighbours")
         nb, lab = load_frame(test_neighbors), read_table(labeled, "labeled")

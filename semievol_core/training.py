@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .atomic import atomic_dir
 from .prompts import LETTERS, question_chat, training_chat, training_target
 
 log = logging.getLogger(__name__)
@@ -515,24 +515,9 @@ def train_lora(
 
 
 def _save_atomically(peft_model, out_dir: Path, json_files: dict[str, Any]) -> None:
-    """Write the adapter and JSON files to a sibling temp dir, then swap it in for `out_dir`.
-
-    A reader never sees a half-written adapter: `out_dir` is either the old complete one, absent
-    for an instant during the swap, or the new complete one.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-tmp-", dir=out_dir.parent))
-    try:
+    """Write the adapter and JSON files to a sibling temp dir, then swap it in for `out_dir`
+    (atomic.atomic_dir): a reader never sees a half-written adapter."""
+    with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(tmp)
         for name, payload in json_files.items():
             (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -1,17 +1,10 @@
-"""What every SemiEvol task shares: the cache policy, retries for transient failures, the `gpu` slot.
+"""What every SemiEvol task shares: content digests, retries for transient failures, the `gpu` slot.
 
-    from tasks.common import StepCache, RETRY, gpu_slot, record_execution
+    from tasks.common import RETRY, content_digest, gpu_slot, record_execution
 
-    @task(cache_policy=StepCache(config_fields=("theta",), files=("votes",), outputs=("out",))
-          + TASK_SOURCE, **RETRY)
-    def my_step(cfg, votes, out): ...
-
-Cache keys (StepCache) are content addressed: input tables and adapters enter by the sha256 of
-their bytes (memoised per path, size and mtime, so hashing a big table once per run is the whole
-cost), the config by only the fields that change this step's output (`cfg.result_key(...)`;
-`cfg.execution` never enters), output locations by their resolved path, everything else by value,
-plus `semievol_core.steps.CODE_VERSION`. Compose with TASK_SOURCE so editing a task body also
-invalidates it.
+Content digests: input tables and adapters enter cache keys (tasks/step.py, semievol_core.graph.step_key)
+by the sha256 of their bytes, memoised per path, size and mtime, so hashing a big table once per
+run is the whole cost.
 
 Retries: `RETRY` retries a task only when it failed with a `TransientBackendError` (the OpenAI
 backend raises it once its own per-request retries are spent), with exponential backoff. Bad data
@@ -26,33 +19,25 @@ GPU_LEASE_SECONDS (a lasting server revokes a lease its dead holder stops renewi
 lasting server, where nothing revokes leases, `free_orphaned_slots` gives back the slots beyond
 the live processes registered under PREFECT_HOME as holding one. A waiting run logs every 30 s.
 
-`timed`: under @task, adds `seconds` (the body's wall time) to the task's result dict, so a cache
-hit can report what the step took when it was computed instead of ~0.
-
 `record_execution(label)`: appends `label` to the file named by `SEMIEVOL_TASK_LOG` (if set) when a
 task body really runs, i.e. not on a cache hit. Tests count re-executions with it.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import socket
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator
 
-from prefect.cache_policies import CachePolicy
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from semievol_core import steps
-from semievol_core.config import SemiEvolConfig
 
 GPU_LIMIT = "gpu"
 TASK_LOG_ENV = "SEMIEVOL_TASK_LOG"
@@ -90,80 +75,6 @@ def content_digest(path: str | Path) -> str:
                 _DIGESTS.clear()
             _DIGESTS[stamp] = hit
     return hit
-
-
-def output(path: str | Path, **extra: Any) -> dict:
-    """A task's return value: where its output is, the output's digest, and small extras.
-
-    The digest lets a flow notice a cached result whose file was since overwritten or deleted
-    (outputs live at fixed paths in the run directory, so a later run with another θ rewrites
-    pseudo_labels.parquet; going back to the old θ must not trust the old cache entry blindly)."""
-    return {"path": str(path), "digest": content_digest(path), **extra}
-
-
-def output_intact(result: Any) -> bool:
-    """True when a task result's output still holds the bytes the task produced."""
-    if not isinstance(result, dict) or "path" not in result:
-        return True
-    path = Path(result["path"])
-    return path.exists() and content_digest(path) == result.get("digest")
-
-
-# ------------------------------------------------------------------------------ cache policy
-def _plain(value: Any) -> Any:
-    """A JSON-able stand-in for a task input hashed by value."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-@dataclass
-class StepCache(CachePolicy):
-    """Cache key = content of input files + the config fields this step reads + plain inputs +
-    output locations + CODE_VERSION (see the module docstring).
-
-    config_fields: SemiEvolConfig fields that change this step's output (none: config ignored).
-    files: inputs that are paths of tables/arrays/adapters (a list of paths is fine; None skips).
-    outputs: inputs that say where to write; keyed by resolved path, not content.
-    derived: computes an extra key part from all inputs (e.g. a generation shard's own key).
-    skip: inputs left out of the key (because `derived` covers them).
-    """
-
-    config_fields: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    derived: Optional[Callable[[dict[str, Any]], str]] = None
-    skip: tuple[str, ...] = ()
-
-    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
-        parts: dict[str, Any] = {"code_version": steps.CODE_VERSION,
-                                 "task": task_ctx.task.name if task_ctx else None}
-        for name, value in sorted((inputs or {}).items()):
-            if name in self.skip:
-                continue
-            if isinstance(value, SemiEvolConfig):
-                parts[name] = value.result_key(*self.config_fields) if self.config_fields else None
-            elif name in self.files:
-                if value is None:
-                    parts[name] = None
-                elif isinstance(value, (list, tuple)):
-                    parts[name] = [content_digest(v) for v in value]
-                else:
-                    parts[name] = content_digest(value)
-            elif name in self.outputs:
-                parts[name] = str(Path(value).resolve())
-            else:
-                parts[name] = _plain(value)
-        if self.derived is not None:
-            parts["derived"] = self.derived(inputs or {})
-        blob = json.dumps(parts, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------ retries
@@ -380,19 +291,6 @@ def _slot_free() -> bool:
     with get_client(sync_client=True) as client:
         limit = _gpu_limit(client)
     return limit is None or not limit.active or limit.active_slots < limit.limit
-
-
-# ------------------------------------------------------------------------------ timing
-def timed(fn: Callable[..., dict]) -> Callable[..., dict]:
-    """Add the body's wall time in seconds to a task's result dict (see the module docstring)."""
-
-    @functools.wraps(fn)  # Prefect reads the signature and source through __wrapped__
-    def wrapper(*args: Any, **kwargs: Any) -> dict:
-        t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
-        return {**result, "seconds": round(time.perf_counter() - t0, 3)}
-
-    return wrapper
 
 
 # ------------------------------------------------------------------------------ execution log

@@ -1,4 +1,5 @@
-"""The `semievol` command line, run as a subprocess like a user would: help, one-line errors, a real run.
+"""The `semievol` command line, run as a subprocess like a user would (help, one-line errors, a real
+run), and in-process for what reaches the flows (`--set`, presets, shortcuts) without running them.
 
     pytest tests/test_cli.py
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
+from flows import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # A Prefect home for the subprocesses (never the user's ~/.prefect). Not test_flows.py's: a
@@ -77,6 +81,13 @@ def test_user_errors_are_one_line_without_starting_prefect(tmp_path, sentiment_d
     line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
                                    "--config", str(cfg)))
     assert "n_collaborators" in line and "what" in line
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--set", "train.epoch=3"))
+    assert "train.epoch: Extra inputs are not permitted" in line
+    # a usage error (typer's parsing) is one line too, pointing at the command's help
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--limit-labeled", "0"))
+    assert "'--limit-labeled'" in line and "semievol evolve --help" in line
     # a broken table in the dataset: caught before any flow run
     pd.DataFrame({"id": ["a"], "question": ["q"], "options": [["x", "y"]], "answer": ["Z"],
                   "metadata": ["{}"]}).to_parquet(sentiment_dataset / "labeled.parquet")
@@ -85,6 +96,57 @@ def test_user_errors_are_one_line_without_starting_prefect(tmp_path, sentiment_d
     assert "inbox directory not found" in one_line_error(
         semievol("ingest", str(tmp_path / "nope"), "--into", str(sentiment_dataset)))
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_set_overrides_nested_fields_on_top_of_the_preset():
+    cfg = cli._load_config(None, cli.PRESETS["fpb-small"], {"theta": 0.3, "model": None},
+                           ["train.epochs=2", "execution.batch_size=8", "train.early_stopping_patience=3",
+                            "collaborators=[{model: base, n_demos: 0}]"])
+    assert (cfg.train.epochs, cfg.execution.batch_size, cfg.train.early_stopping_patience) == (2, 8, 3)
+    assert [c.name for c in cfg.collaborators] == ["base-0shot"]
+    assert cfg.theta == 0.3 and cfg.model == "smollm2-135m-instruct"  # shortcut given / not given
+    # the preset's file still applies where nothing overrides it
+    assert (cfg.train.max_steps, cfg.agreement, cfg.execution.shard_size) == (96, "knn", 128)
+    # --set comes after the shortcuts; an empty value is null
+    cfg = cli._load_config(None, None, {"theta": 0.3}, ["theta=0.4", "system_prompt=", "train.max_steps="])
+    assert (cfg.theta, cfg.system_prompt, cfg.train.max_steps) == (0.4, None, None)
+
+
+def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment_dataset, monkeypatch):
+    import flows.evolve
+    from semievol_core.steps import Limits
+
+    received = {}
+
+    def flow_without_server(**kwargs):  # what the flow would receive, without Prefect or a model
+        received.update(kwargs)
+        return {"systems": {}, "selection": {"n_selected": 0, "n_unlabeled": 0}}
+
+    monkeypatch.setattr(flows.evolve, "evolve", flow_without_server)
+    assert cli.main(["evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"),
+                     "--preset", "fpb-tiny", "--theta", "0.3", "--set", "train.epochs=2",
+                     "--set", "execution.batch_size=8", "--limit-test", "7", "--systems", "sft",
+                     "--no-progress"]) == 0
+    cfg = received["config"]
+    assert (cfg.theta, cfg.train.epochs, cfg.execution.batch_size, cfg.execution.progress) == (0.3, 2, 8, False)
+    assert received["limits"] == Limits(labeled=32, unlabeled=32, test=7)  # the preset's, then --limit-test
+    assert received["systems"] == ["sft"]
+
+
+@pytest.mark.parametrize("pair,expected", [
+    ("train.epoch=3", "train.epoch: Extra inputs are not permitted (got 3)"),
+    ("thta=0.3", "thta: Extra inputs are not permitted"),
+    ("theta=2", "theta: Input should be less than or equal to 1 (got 2)"),
+    ("execution.batch_size=big", "execution.batch_size: Input should be a valid integer"),
+    ("theta", "--set 'theta': expected KEY=VALUE"),
+])
+def test_bad_set_is_one_line_naming_the_key(tmp_path, pair, expected):
+    res = CliRunner().invoke(cli.app, ["evolve", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                       "--set", "execution.threads=1", "--set", pair])
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.stderr.splitlines() == [res.stderr.strip()] and res.stderr.startswith("semievol: error: ")
+    assert expected in res.stderr and not res.stdout
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Tests of the Parquet data layer (semievol_core/data.py, schema.py). Fast: tiny fixtures only,
-plus one import per real task directory (skipped when the shared data is absent)."""
+"""Tests of the Parquet data layer (semievol_core/data.py, sources.py, paper_csv.py, schema.py).
+Fast: tiny fixtures only, plus one import per real task directory (skipped when the shared data is
+absent)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import pytest
 from semievol_core import data as data_mod
 from semievol_core.data import (
     append_part,
-    import_csv_dir,
     load_dataset,
-    read_records,
     read_table,
     split_oracle,
     table_fingerprint,
     write_table,
 )
+from semievol_core.paper_csv import import_csv_dir
 from semievol_core.schema import DataError, content_id
+from semievol_core.sources import read_records
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

@@ -15,16 +15,11 @@ import pytest
 from conftest import SENTIMENT_OPTIONS, sentiment_rows
 from flows import cli
 from semievol_core.config import ExecutionConfig
-from semievol_core.data import (
-    append_part,
-    import_csv_dir,
-    read_records,
-    read_table,
-    split_oracle,
-    write_table,
-)
+from semievol_core.data import append_part, read_table, split_oracle, write_table
 from semievol_core.ingest import inbox_files, ingest_file
+from semievol_core.paper_csv import import_csv_dir
 from semievol_core.schema import DataError, answer_columns, content_id
+from semievol_core.sources import read_records
 from semievol_core.steps import prepare_data
 
 

@@ -33,7 +33,8 @@ def test_prompts_are_pure_and_carry_everything():
     body = chat[1]["content"]
     assert body.index("Sales fell.") < body.index("Answer: A") < body.index("Sales rose.") < body.index("Profit flat.")
     assert "(A-C)" in body
-    assert question_chat("Profit flat.", OPTS, demos) == question_chat("Profit flat.", OPTS, demos)
+    # A fresh call without the system prompt: exactly the same user message, nothing else.
+    assert question_chat("Profit flat.", OPTS, demos) == [chat[1]]
     assert training_chat("Q", OPTS, "B")[-1] == {"role": "assistant", "content": "Answer: B"}
     j = justification_chat("Q", OPTS, [Candidate("A", "x" * 1000 + " so Answer: A"), Candidate(None, "hmm")],
                            max_chars=50)[0]["content"]
@@ -213,7 +214,12 @@ def test_justify_asks_only_disputed_questions(tiny_backend):
     cfg = SemiEvolConfig(justify_max_new_tokens=5)
     out = justify(tiny_backend, vote(resp), resp, qs, None, cfg, "choice")
     assert out["unlabeled_id"].tolist() == ["u1", "u2"]
-    assert (out["num_tokens"] >= 0).all() and out["text"].map(len).gt(0).all()
+    # Greedy decoding of the random tiny model emits no EOS within the limit: every justification is
+    # cut at justify_max_new_tokens, and num_tokens counts exactly the tokens emitted.
+    assert out["num_tokens"].tolist() == [5, 5] and out["text"].map(len).gt(0).all()
+    short = justify(tiny_backend, vote(resp), resp, qs, None, cfg.model_copy(update={"justify_max_new_tokens": 2}),
+                    "choice")
+    assert short["num_tokens"].tolist() == [2, 2]
 
 
 def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_path):
@@ -242,7 +248,12 @@ def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_p
         assert (out / f"{name}.parquet").exists()
     for adapter in ("warm_adapter", "semievol_adapter"):
         assert (out / adapter / "adapter_model.safetensors").exists()
-    assert (out / "report.md").read_text().count("|") > 20
+    # report.md's accuracy table: header, separator, then one row per system in the report's order
+    table = (out / "report.md").read_text().split("## Test accuracy\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert table[0] == "| system | accuracy % | 95% CI | parse failures % | n |" and len(table) == 2 + 5
+    assert [row.split(" | ")[0].removeprefix("| ") for row in table[2:]] == list(report["systems"])
+    accuracy = [f"{100 * m['accuracy']:.1f}" for m in report["systems"].values()]
+    assert [row.split(" | ")[1] for row in table[2:]] == accuracy
     # knn_vote on this synthetic data is strong: neighbours share the verb that sets the label.
     assert report["systems"]["knn_vote"]["accuracy"] >= 0.5
     assert not math.isnan(report["mcnemar_p_semievol_vs_sft"])

@@ -278,12 +278,19 @@ def test_publish_selection_rows(monkeypatch):
     assert rows["threshold"] == 0.1235 and rows["class B (neutral)"] == "labeled prior 60.0% | selected 100.0%"
 
 
-def test_new_fields_enter_the_right_cache_keys():
-    from tasks import method
+def test_new_fields_enter_the_right_cache_keys(tmp_path):
+    from semievol_core import graph
 
-    assert {"agreement", "class_quota"} <= set(method.FILTER_FIELDS)
-    assert "pseudo_weight" in method.TRAIN_FIELDS
-    assert "labeled" in method.filter_labels.cache_policy.policies[0].files
+    def key(step, cfg):
+        inputs = {name: "x" for name in graph.BY_NAME[step].inputs}
+        return graph.step_key(graph.BY_NAME[step], cfg, inputs, tmp_path, digest=lambda p: "d")
+
+    base = SemiEvolConfig(knn_collaborator=True)
+    for step, change in (("select", {"agreement": "knn"}), ("select", {"class_quota": "prior"}),
+                         ("train-final", {"pseudo_weight": 0.5})):
+        assert key(step, base) != key(step, base.model_copy(update=change)), (step, change)
+    assert key("train-warm", base) == key("train-warm", base.model_copy(update={"theta": 0.1}))
+    assert "labeled" in graph.BY_NAME["select"].inputs  # class_quota reads the labeled prior
     defaults = SemiEvolConfig()
     assert (defaults.agreement, defaults.class_quota, defaults.pseudo_weight) == ("none", "none", 1.0)
     with pytest.raises(ValidationError, match="pseudo_weight"):

@@ -1,0 +1,365 @@
+"""The SemiEvol method declared once: its steps, what each reads and writes, what it depends on.
+
+    from semievol_core.graph import STEPS, plan, needed_by
+    for step in plan(["sft", "semievol"]):
+        print(step.name, step.inputs, "->", step.outputs, step.config, step.accelerator)
+    needed_by("embed-unlabeled")          # frozenset({'semievol'})
+
+A step is a record: the function it runs (a thin call into `semievol_core.steps`), the named values
+it reads and the named values it returns, the config fields its output depends on (its cache key),
+whether it needs the accelerator, and (derived from the inputs) the systems that need it. Values
+are small: paths of tables and adapters, the answer type, selection statistics, metrics.
+
+Both executors walk this one graph with `execute` and differ only in how they call a step:
+`semievol_core.pipeline.run_semievol` calls it in process; the Prefect flow `flows/evolve.py`
+makes each step a cached, retried task (tasks/step.py). Steps with `each` fan out: `generate`
+runs once per shard of unlabeled questions, and each call is its own task run (and cache entry),
+so a crash loses at most one shard.
+
+Paper terms: (1) in-weight propagation = train-warm; (2) in-context propagation = embed-*,
+retrieve-*; (3) collaborative learning = plan-shards, generate, collect, vote; (4) self-justification
+= justify; (5) adaptive selection = select; (6) final fine-tune = train-final (Eq. 9: union from
+the base, or the released code's continue-from-warm); (7) evaluate-<system>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from . import steps
+from .config import SemiEvolConfig
+from .data import read_table
+
+SYSTEMS = steps.SYSTEMS
+NEIGHBOR_SYSTEMS = steps.NEIGHBOR_SYSTEMS
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the method (see the module docstring).
+
+    name: the step and its task-run name in the UI ("embed-test"); task: the task it is a run of
+    ("embed"; default: name); run(cfg, run_dir, **inputs) -> {output: value}; each: an input
+    holding a list, the step then runs once per element (passed as `item`) and each output becomes
+    a list in the same order; key: optional (cfg, inputs) -> str, the part of the cache key that
+    stands for inputs it names in `keyed_by_content` (a generation shard: its own questions and
+    demonstrations, not the whole tables); files: inputs that are paths (keyed by content);
+    config: the config fields the output depends on."""
+
+    name: str
+    run: Callable[..., dict]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    config: tuple[str, ...] = ()
+    accelerator: bool = False
+    task: str = ""
+    each: str | None = None
+    files: tuple[str, ...] = ()
+    key: Callable[[SemiEvolConfig, dict], str] | None = None
+    keyed_by_content: tuple[str, ...] = ()
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.name
+
+    @property
+    def systems(self) -> frozenset[str]:
+        return needed_by(self.name)
+
+    def source_digest(self) -> str:
+        """Part of the cache key: editing what a step runs invalidates it."""
+        return hashlib.sha256(inspect.getsource(self.run).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ what each step runs
+def _prepare(cfg, run: Path, data_dir: str, limits: dict) -> dict:
+    d = steps.prepare_data(data_dir, run / "data", steps.Limits(**(limits or {})), cfg.seed)
+    labeled = read_table(d / "labeled.parquet", "labeled")
+    oracle = d / "oracle.parquet"
+    return {"labeled": str(d / "labeled.parquet"), "unlabeled": str(d / "unlabeled.parquet"),
+            "test": str(d / "test.parquet"), "oracle": str(oracle) if oracle.exists() else None,
+            "answer_type": steps.answer_type_of(labeled, cfg),
+            "counts": {"labeled": len(labeled),
+                       **{n: len(read_table(d / f"{n}.parquet", n)) for n in ("unlabeled", "test")}}}
+
+
+def _train_warm(cfg, run: Path, labeled: str) -> dict:
+    return {"warm": str(steps.train_adapter(cfg, [(labeled, "labeled")], run / "warm_adapter"))}
+
+
+def _embed(kind: str) -> Callable[..., dict]:
+    def embed(cfg, run: Path, **table: str) -> dict:
+        return {f"vecs_{kind}": str(steps.embed_table(cfg, table[kind], kind, run / "embeddings" / f"{kind}.npy"))}
+    embed.__name__ = f"embed_{kind}"
+    return embed
+
+
+def _retrieve_unlabeled(cfg, run: Path, unlabeled: str, vecs_unlabeled: str, labeled: str,
+                        vecs_labeled: str) -> dict:
+    return {"neighbors": str(steps.find_neighbors(cfg, unlabeled, "unlabeled", vecs_unlabeled, labeled,
+                                                  vecs_labeled, run / "neighbors.parquet"))}
+
+
+def _retrieve_test(cfg, run: Path, test: str, vecs_test: str, labeled: str, vecs_labeled: str) -> dict:
+    return {"test_neighbors": str(steps.find_neighbors(cfg, test, "test", vecs_test, labeled, vecs_labeled,
+                                                       run / "test_neighbors.parquet"))}
+
+
+def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
+    return {"shard_ids": steps.shard_plan(unlabeled, cfg.execution.shard_size)}
+
+
+def _generate(cfg, run: Path, item: list[str], unlabeled: str, labeled: str, neighbors: str, warm: str,
+              answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
+    return {"shards": str(steps.generate_shard(cfg, item, unlabeled, labeled, neighbors, warm, run / "responses",
+                                               answer_type, on_progress=on_progress))}
+
+
+def _shard_key(cfg: SemiEvolConfig, inputs: dict) -> str:
+    """A shard's own generation key (steps.shard_generation_key): rows appended to the table later
+    do not change it, so the shards generated before stay cached when the dataset grows."""
+    return steps.shard_generation_key(cfg, inputs["item"], inputs["unlabeled"], inputs["labeled"],
+                                      inputs["neighbors"], inputs["warm"])
+
+
+def _collect(cfg, run: Path, shards: list[str], labeled: str, neighbors: str) -> dict:
+    return {"responses": str(steps.collect_responses(cfg, shards, labeled, neighbors, run / "responses.parquet"))}
+
+
+def _vote(cfg, run: Path, responses: str) -> dict:
+    return {"votes": str(steps.vote_step(responses, run / "votes.parquet"))}
+
+
+def _justify(cfg, run: Path, votes: str, responses: str, unlabeled: str, warm: str, answer_type: str) -> dict:
+    return {"justified": str(steps.justify_step(cfg, votes, responses, unlabeled, warm, answer_type,
+                                                run / "justified.parquet"))}
+
+
+def _select(cfg, run: Path, votes: str, justified: str, responses: str, unlabeled: str, labeled: str,
+            oracle: str | None, answer_type: str) -> dict:
+    pseudo = steps.select_step(cfg, votes, justified, responses, labeled, run / "pseudo_labels.parquet")
+    stats = steps.selection_stats(pseudo, votes, oracle, answer_type, unlabeled, labeled=labeled,
+                                  responses=responses, agreement=cfg.agreement)
+    return {"pseudo_labels": str(pseudo), "selection": stats}
+
+
+def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, unlabeled: str) -> dict:
+    if cfg.final_training == "union":  # paper Eq. 9: labeled + selected pseudo-labels, from the base
+        tables, start = [(labeled, "labeled")], None
+    else:  # released code: continue the warm adapter on the pseudo-labels
+        tables, start = [], warm
+    return {"semievol_adapter": str(steps.train_adapter(cfg, tables, run / "semievol_adapter", init_adapter=start,
+                                                        pseudo_labels=pseudo_labels, unlabeled=unlabeled))}
+
+
+EVAL_CONFIG = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos", "bootstrap_samples",
+               "seed")
+ADAPTER_OF = {"sft": "warm", "semievol": "semievol_adapter"}  # the systems that run with an adapter
+
+
+def _evaluate(system: str) -> Callable[..., dict]:
+    adapter_input = ADAPTER_OF.get(system)
+
+    def evaluate(cfg, run: Path, test: str, answer_type: str, **inputs: str) -> dict:
+        adapter = inputs.pop(adapter_input) if adapter_input else None
+        m = steps.evaluate_system(cfg, system, test, answer_type, run / "predictions" / f"{system}.parquet",
+                                  adapter=adapter, **inputs)
+        return {f"metrics_{system}": m}
+    evaluate.__name__ = f"evaluate_{system}"
+    return evaluate
+
+
+def _evaluate_step(system: str) -> Step:
+    """evaluate-<system>: each system reads only what it uses (vanilla: the test table alone), so
+    e.g. the vanilla evaluation's cache key does not depend on training or neighbours."""
+    adapter = (ADAPTER_OF[system],) if system in ADAPTER_OF else ()
+    nb = ("labeled", "test_neighbors") if system in NEIGHBOR_SYSTEMS else ()
+    return Step(f"evaluate-{system}", _evaluate(system), ("test", "answer_type", *adapter, *nb),
+                (f"metrics_{system}",), config=EVAL_CONFIG, accelerator=system != "knn_vote", task="evaluate",
+                files=("test", *adapter, *nb))
+
+
+TRAIN_CONFIG = ("model", "train", "pseudo_weight")
+# The configuration each step reads is named here, next to the step, and nowhere else.
+STEPS: tuple[Step, ...] = (
+    Step("prepare", _prepare, ("data_dir", "limits"),
+         ("labeled", "unlabeled", "test", "oracle", "answer_type", "counts"), config=("seed", "answer_type"),
+         keyed_by_content=("data_dir",), key=lambda cfg, inputs: steps.dataset_fingerprint(inputs["data_dir"])),
+    Step("train-warm", _train_warm, ("labeled",), ("warm",), config=TRAIN_CONFIG, accelerator=True,
+         files=("labeled",)),
+    *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("embedder",), accelerator=True,
+           task="embed", files=(kind,)) for kind in ("labeled", "unlabeled", "test")),
+    Step("retrieve-unlabeled", _retrieve_unlabeled, ("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled"),
+         ("neighbors",), config=("k_demos",), task="retrieve",
+         files=("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled")),
+    Step("retrieve-test", _retrieve_test, ("test", "vecs_test", "labeled", "vecs_labeled"), ("test_neighbors",),
+         config=("k_demos",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
+    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_ids",), files=("unlabeled",)),
+    Step("generate", _generate, ("shard_ids", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
+         ("shards",), accelerator=True, each="shard_ids", key=_shard_key,
+         keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),
+         config=steps.GENERATION_CONFIG),
+    Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("knn_collaborator",),
+         files=("shards", "labeled", "neighbors")),
+    Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
+    Step("justify", _justify, ("votes", "responses", "unlabeled", "warm", "answer_type"), ("justified",),
+         config=("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed"),
+         accelerator=True, files=("votes", "responses", "unlabeled", "warm")),
+    Step("select", _select, ("votes", "justified", "responses", "unlabeled", "labeled", "oracle", "answer_type"),
+         ("pseudo_labels", "selection"),
+         config=("theta", "selection_scope", "class_balance", "source_balance", "agreement", "class_quota"),
+         files=("votes", "justified", "responses", "unlabeled", "labeled", "oracle")),
+    Step("train-final", _train_final, ("labeled", "warm", "pseudo_labels", "unlabeled"), ("semievol_adapter",),
+         config=(*TRAIN_CONFIG, "final_training"), accelerator=True,
+         files=("labeled", "warm", "pseudo_labels", "unlabeled")),
+    *(_evaluate_step(system) for system in SYSTEMS),
+)
+
+
+# ------------------------------------------------------------------------------ one model on one test table
+def _prepare_test(cfg, run: Path, test_table: str, limit: int | None) -> dict:
+    """A (seeded sample of a) test table copied into the run."""
+    from .data import write_table
+
+    df = read_table(test_table, "test")
+    if limit is not None and limit < len(df):
+        df = df.sample(n=limit, random_state=cfg.seed).sort_index()
+    if df.empty:
+        raise ValueError(f"{test_table}: the test table is empty")
+    out = run / "data" / "test.parquet"
+    write_table(df.reset_index(drop=True), out, "test")
+    return {"test": str(out), "answer_type": steps.answer_type_of(df, cfg), "n": len(df)}
+
+
+def _evaluate_model(cfg, run: Path, test: str, answer_type: str, adapter: str | None, name: str) -> dict:
+    out = run / "predictions" / f"{name}.parquet"
+    return {"metrics": steps.evaluate_system(cfg, name, test, answer_type, out, adapter=adapter),
+            "predictions": str(out)}
+
+
+# The `evaluate` flow: accuracy of one model (+ adapter) on a test table.
+EVALUATION: tuple[Step, ...] = (
+    Step("prepare-test", _prepare_test, ("test_table", "limit"), ("test", "answer_type", "n"),
+         config=("seed", "answer_type"), files=("test_table",)),
+    Step("evaluate-model", _evaluate_model, ("test", "answer_type", "adapter", "name"), ("metrics", "predictions"),
+         config=EVAL_CONFIG, accelerator=True, task="evaluate", files=("test", "adapter")),
+)
+BY_NAME = {s.name: s for s in STEPS + EVALUATION}
+_PRODUCER = {out: s for s in STEPS for out in s.outputs}  # of the evolve graph
+SOURCES = ("data_dir", "limits")  # values the caller gives; every other input is some step's output
+
+
+def _closure(names: Iterable[str]) -> set[str]:
+    """The named steps and every step they depend on, transitively."""
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += [_PRODUCER[i].name for i in BY_NAME[name].inputs if i in _PRODUCER]
+    return seen
+
+
+def targets(systems: Sequence[str], pseudo_labels: bool = False) -> list[str]:
+    """The steps that answer for `systems` (their evaluations), plus selection if `pseudo_labels`."""
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    return [f"evaluate-{s}" for s in systems] + (["select"] if pseudo_labels else [])
+
+
+def plan(systems: Sequence[str], pseudo_labels: bool = False) -> list[Step]:
+    """The steps the requested systems need, in the declared (topological) order."""
+    needed = _closure(targets(systems, pseudo_labels))
+    return [s for s in STEPS if s.name in needed]
+
+
+def needed_by(step_name: str) -> frozenset[str]:
+    return frozenset(s for s in SYSTEMS if step_name in _closure([f"evaluate-{s}"]))
+
+
+# ------------------------------------------------------------------------------ cache keys
+def _plain(value: Any) -> Any:
+    """A JSON-able stand-in for an input keyed by value."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict, run_dir: str | Path,
+             digest: Callable[[str], str] = steps.file_digest) -> str:
+    """What a step's output depends on, and nothing else: the code (CODE_VERSION and the step's
+    source), the config fields it reads (never execution settings), its file inputs by content
+    (`digest`), its other inputs by value, its own key part (`step.key`) for the inputs it covers,
+    and where it writes (`run_dir`)."""
+    parts: dict[str, Any] = {"code": steps.CODE_VERSION, "step": step.name, "source": step.source_digest(),
+                             "config": cfg.result_key(*step.config) if step.config else None,
+                             "run_dir": str(Path(run_dir).resolve())}
+    if step.key is not None:
+        parts["own"] = step.key(cfg, inputs)
+    for name, value in sorted(inputs.items()):
+        if name in step.keyed_by_content:
+            continue
+        if name in step.files and value is not None:
+            parts[name] = [digest(v) for v in value] if isinstance(value, list) else digest(value)
+        else:
+            parts[name] = _plain(value)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ walking the graph
+Call = Callable[[Step, dict, int | None, int], dict]
+
+
+def execute(todo: Sequence[Step], values: dict, call: Call, timings: dict[str, float] | None = None) -> dict:
+    """Run `todo` in order; `call(step, inputs, index, count)` runs one step (index/count: the
+    element of a fan-out step, else None/1) and returns its outputs. `values` starts with SOURCES
+    and collects every output. Wall time per step (summed over a fan-out) goes into `timings`."""
+    for step in todo:
+        inputs = {name: values.get(name) for name in step.inputs}
+        t0 = time.perf_counter()
+        if step.each is None:
+            values.update(call(step, inputs, None, 1))
+        else:
+            items = inputs.pop(step.each)
+            results = [call(step, {**inputs, "item": item}, i, len(items)) for i, item in enumerate(items)]
+            values.update({out: [r[out] for r in results] for out in step.outputs})
+        if timings is not None:
+            timings[step.name] = round(timings.get(step.name, 0.0) + time.perf_counter() - t0, 3)
+    return values
+
+
+def call_in_process(cfg: SemiEvolConfig, run_dir: Path) -> Call:
+    """The plain executor's way to run a step: a direct call."""
+    def call(step: Step, inputs: dict, index: int | None, count: int) -> dict:
+        return step.run(cfg, run_dir, **inputs)
+    return call
+
+
+def results_of(values: dict, systems: Sequence[str]) -> dict[str, dict]:
+    return {s: values[f"metrics_{s}"] for s in systems}
+
+
+def finish(run_dir: Path, cfg: SemiEvolConfig, values: dict, systems: Sequence[str], timings: dict,
+           cached_seconds: dict | None = None) -> tuple[dict, dict]:
+    """report.json / report.md from the walked graph's values: (report, extra entries)."""
+    from .report import write_report
+
+    results = results_of(values, systems)
+    extra = {"answer_type": values["answer_type"]}
+    if "sft" in results and "semievol" in results:
+        extra.update(steps.verdict(run_dir / "predictions", cfg))
+    return write_report(run_dir, cfg, results, values.get("selection") or {}, timings, extra, cached_seconds), extra
