@@ -6,6 +6,7 @@
     semievol evaluate --test data/fpb --out runs/eval --adapter runs/fpb/semievol_adapter
     semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices
     semievol import-csv /work/shared/datasets/semievol/fpb --out data/fpb
+  semievol registry list --registry data/fpb/registry
 
 Built with typer: one function per command, its options declared by its signature. Every config
 field is reachable from evolve and evaluate: `--set KEY=VALUE` (repeatable; dotted keys for nested
@@ -247,8 +248,12 @@ def evolve(
     systems: Annotated[str | None, typer.Option(
         help=f"comma-separated systems to evaluate (default: {','.join(SYSTEMS)})")] = None,
     no_progress: NoProgress = False,
+    registry: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="adapter registry (default: DATA/registry)")] = None,
+    no_gate: Annotated[bool, typer.Option(
+        "--no-gate", help="do not register the adapter or run the promotion gate")] = False,
 ) -> None:
-    """run the whole SemiEvol method on a dataset"""
+    """run the whole SemiEvol method on a dataset; promote its adapter only if it is better"""
     from semievol_core.report import systems_table
 
     chosen = PRESETS[preset] if preset else None
@@ -269,10 +274,17 @@ def evolve(
 
     _quiet_console(_debug(ctx))
 
-    report = evolve_flow(data_dir=str(data), out_dir=str(out), config=cfg, limits=Limits(**limits), systems=names)
+    report = evolve_flow(data_dir=str(data), out_dir=str(out), config=cfg, limits=Limits(**limits), systems=names,
+                         gate=not no_gate, registry=str(registry) if registry else None)
     print(systems_table(report["systems"]))
     sel = report["selection"]
-    print(f"\nselected {sel['n_selected']} of {sel['n_unlabeled']} pseudo-labels; report: {out / 'report.md'}")
+    if sel:
+        print(f"\nselected {sel['n_selected']} of {sel['n_unlabeled']} pseudo-labels")
+    if "gate" in report:
+        print(f"promotion gate: {report['gate']['reason']}")
+    if report.get("registry"):
+        print(f"champion: {report['registry']['champion'] or 'none'} ({report['registry']['path']}/champion)")
+    print(f"report: {out / 'report.md'}")
 
 
 @app.command(epilog="\b\nexample:\n  semievol evaluate --test data/fpb --out runs/eval "
@@ -361,6 +373,61 @@ def import_csv(
     from semievol_core.paper_csv import import_csv_dir
 
     print(import_csv_dir(src, out, skip_bad_rows=skip_bad_rows, overwrite=overwrite))
+
+
+# ------------------------------------------------------------------------------ registry
+registry_app = typer.Typer(help="the adapter registry: list, show, promote, roll back", no_args_is_help=True,
+                           rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(registry_app, name="registry")
+RegistryDir = Annotated[Path, typer.Option("--registry", metavar="DIR",
+                                           help="registry directory (evolve's default: DATA/registry)")]
+
+
+def _open_registry(path: Path):
+    from semievol_core.registry import Registry
+
+    if not (path / "events.jsonl").exists():
+        raise UserError(f"{path}: no registry here (evolve creates one in DATA/registry)")
+    return Registry(path)
+
+
+@registry_app.command("list")
+def registry_list(registry: RegistryDir) -> None:
+    """every registered adapter, oldest first; * marks the champion"""
+    for r in _open_registry(registry).records():
+        m, d = r.get("metrics") or {}, r.get("decision") or {}
+        acc = f"{100 * m['accuracy']:.1f}%" if m.get("accuracy") is not None else "—"
+        gate = (f"{100 * d['difference']:+.1f} vs {d['against']}, p={d['mcnemar_p']:.3g}"
+                if d.get("difference") is not None else "")
+        print(f"{'*' if r['champion'] else ' '} {r['id']}  round {r.get('round')}  accuracy {acc}  {gate}")
+
+
+@registry_app.command("show")
+def registry_show(registry: RegistryDir,
+                  adapter_id: Annotated[str | None, typer.Argument(
+                      metavar="ID", help="adapter id (default: the champion)")] = None) -> None:
+    """one adapter's record: lineage, table digests, config, metrics, gate decision"""
+    import json
+
+    reg = _open_registry(registry)
+    rec = reg.record(adapter_id) if adapter_id else reg.champion()
+    if rec is None:
+        raise UserError(f"{registry}: no champion yet")
+    print(json.dumps(rec, indent=2))
+
+
+@registry_app.command("promote")
+def registry_promote(registry: RegistryDir,
+                     adapter_id: Annotated[str, typer.Argument(metavar="ID", help="adapter id")]) -> None:
+    """make an adapter the champion by hand (the gate is skipped)"""
+    changed = _open_registry(registry).promote(adapter_id, {"by": "hand"})
+    print(f"champion: {adapter_id}" + ("" if changed else " (already)"))
+
+
+@registry_app.command("rollback")
+def registry_rollback(registry: RegistryDir) -> None:
+    """make the previous champion the champion again"""
+    print(f"champion: {_open_registry(registry).rollback()}")
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -125,3 +125,18 @@ def publish_selection(stats: dict, key: str, description: str) -> None:
 
 def publish_markdown(markdown: str, key: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def publish_history(registry, key: str, description: str) -> None:
+    """One row per challenger the registry has seen, oldest first: its accuracy with CI, the
+    gate's decision and p, and whether it is the champion now. Written whole each run under one
+    key, so the artifact's latest version is the whole history."""
+    rows = []
+    for rec in registry.records():
+        m, d = rec.get("metrics") or {}, rec.get("decision") or {}
+        rows.append({"adapter": rec["id"], "round": rec.get("round"), "created": rec.get("created"),
+                     "accuracy": _num(m.get("accuracy")), "ci_low": _num(m.get("ci_low")),
+                     "ci_high": _num(m.get("ci_high")), "against": d.get("against"),
+                     "difference": _num(d.get("difference")), "mcnemar_p": _num(d.get("mcnemar_p")),
+                     "promoted": d.get("promote"), "champion": rec["champion"]})
+    create_table_artifact(table=rows, key=key, description=description)

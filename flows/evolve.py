@@ -28,26 +28,32 @@ from prefect import flow, get_run_logger
 
 from semievol_core import graph
 from semievol_core.config import SemiEvolConfig
+from semievol_core.registry import Registry
 from semievol_core.steps import Limits
-from semievol_core.report import render_markdown, systems_table, verdict_line
+from semievol_core.report import gate_markdown, render_markdown, systems_table, verdict_line
 from tasks.common import ensure_gpu_limit
 
-from flows.common import StepRunner, publish_accuracy, publish_markdown, publish_selection, run_name
+from flows.common import (StepRunner, publish_accuracy, publish_history, publish_markdown, publish_selection,
+                          run_name)
 
 
 @flow(name="evolve", description="SemiEvol: semi-supervised fine-tuning from labeled + unlabeled data.",
       flow_run_name=run_name("evolve", "data_dir"))
 def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(),
-           limits: Limits = Limits(), systems: list[str] = list(graph.SYSTEMS)) -> dict:
-    """Run SemiEvol on the dataset in `data_dir`; outputs and report.json/report.md in `out_dir`."""
+           limits: Limits = Limits(), systems: list[str] = list(graph.SYSTEMS), gate: bool = True,
+           registry: str | None = None) -> dict:
+    """Run SemiEvol on the dataset in `data_dir`; outputs and report.json/report.md in `out_dir`.
+    `gate`: register the SemiEvol adapter in `registry` (default `<data_dir>/registry`) and promote
+    it only if the promotion gate passes (semievol_core/gate.py)."""
     log = get_run_logger()
-    todo = graph.plan(systems)
+    reg = Registry(registry or Path(data_dir) / "registry") if gate and "semievol" in systems else None
+    todo = graph.plan(systems, gate=reg is not None)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_gpu_limit(log)
     runner, timings = StepRunner(config, out, log), {}
-    values = graph.execute(todo, {"data_dir": str(data_dir), "limits": limits.model_dump()}, runner, timings)
-    report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds)
+    values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, timings)
+    report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds, registry=reg)
     log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",
              sorted(set(runner.executed)) or "none")
 
@@ -58,6 +64,11 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
         log.info(line)
         publish_markdown(f"# Verdict\n\n**{line}.**\n\n{systems_table(results)}\n", key="semievol-verdict",
                          description=line)
+    if "gate" in extra:
+        log.info("promotion gate: %s", extra["gate"]["reason"])
+        publish_markdown(gate_markdown(extra), key="semievol-gate", description=extra["gate"]["reason"])
+    if reg is not None:
+        publish_history(reg, key="semievol-history", description=f"Champion and challengers — {reg.root}")
     if selection:
         log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])
         publish_selection(selection, key="semievol-selection", description=f"Pseudo-label selection — {out}")

@@ -6,6 +6,8 @@
         model.save_pretrained(tmp)                      # clean exit: swapped in for the target
     with temp_file("data/x/unlabeled/part") as tmp:      # only the temp: the caller publishes it
         ...                                             # (data.append_part links it, never overwrites)
+    with exclusive_lock(Path("data/x/.ingest.lock")):    # one writer at a time, across processes
+        ...
 
 A temp is a sibling of its target (same directory, so the same file system, where rename(2) is
 atomic) named `.<name>.<random hex>.tmp`: hidden, so readers of a directory of parts skip it, and
@@ -15,6 +17,7 @@ is left as it was.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -98,3 +101,25 @@ def _swap_in(new: Path, path: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing) for the duration of the block. flock,
+    not a Prefect limit: it also serializes processes started outside Prefect, and the kernel
+    releases it when a killed process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def atomic_symlink(target: str | Path, link: str | Path) -> None:
+    """Point `link` at `target` in one rename(2): readers see the old target or the new one."""
+    link = Path(link)
+    with temp_file(link) as tmp:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)

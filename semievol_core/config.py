@@ -104,6 +104,12 @@ class SemiEvolConfig(BaseModel):
     eval_max_new_tokens: int = Field(default=32, ge=1)
     bootstrap_samples: int = Field(default=1000, ge=100)
 
+    # --- 8. promotion gate (semievol_core/gate.py) ---
+    # A challenger adapter becomes champion only if McNemar's exact p < gate_alpha AND it gains at
+    # least gate_min_gain accuracy points over the champion (over SFT when there is none yet).
+    gate_alpha: float = Field(default=0.05, gt=0.0, le=1.0)
+    gate_min_gain: float = 0.0
+
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")

@@ -30,11 +30,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from . import steps
 from .config import SemiEvolConfig
 from .data import read_table
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 SYSTEMS = steps.SYSTEMS
 NEIGHBOR_SYSTEMS = steps.NEIGHBOR_SYSTEMS
@@ -160,7 +163,8 @@ def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, un
 
 EVAL_CONFIG = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos", "bootstrap_samples",
                "seed")
-ADAPTER_OF = {"sft": "warm", "semievol": "semievol_adapter"}  # the systems that run with an adapter
+# The systems (and the champion) that run with an adapter -> the value holding it.
+ADAPTER_OF = {"sft": "warm", "semievol": "semievol_adapter", "champion": "champion"}
 
 
 def _evaluate(system: str) -> Callable[..., dict]:
@@ -168,9 +172,9 @@ def _evaluate(system: str) -> Callable[..., dict]:
 
     def evaluate(cfg, run: Path, test: str, answer_type: str, **inputs: str) -> dict:
         adapter = inputs.pop(adapter_input) if adapter_input else None
-        m = steps.evaluate_system(cfg, system, test, answer_type, run / "predictions" / f"{system}.parquet",
-                                  adapter=adapter, **inputs)
-        return {f"metrics_{system}": m}
+        out = run / "predictions" / f"{system}.parquet"
+        m = steps.evaluate_system(cfg, system, test, answer_type, out, adapter=adapter, **inputs)
+        return {f"metrics_{system}": m, f"predictions_{system}": str(out)}
     evaluate.__name__ = f"evaluate_{system}"
     return evaluate
 
@@ -181,8 +185,27 @@ def _evaluate_step(system: str) -> Step:
     adapter = (ADAPTER_OF[system],) if system in ADAPTER_OF else ()
     nb = ("labeled", "test_neighbors") if system in NEIGHBOR_SYSTEMS else ()
     return Step(f"evaluate-{system}", _evaluate(system), ("test", "answer_type", *adapter, *nb),
-                (f"metrics_{system}",), config=EVAL_CONFIG, accelerator=system != "knn_vote", task="evaluate",
+                (f"metrics_{system}", f"predictions_{system}"), config=EVAL_CONFIG, accelerator=system != "knn_vote", task="evaluate",
                 files=("test", *adapter, *nb))
+
+
+def _evaluate_champion(cfg, run: Path, test: str, answer_type: str, champion: str | None) -> dict:
+    """The registry's champion on this run's test questions (nothing when there is none yet)."""
+    if champion is None:
+        return {"metrics_champion": None, "predictions_champion": None}
+    return _evaluate("champion")(cfg, run, test, answer_type, champion=champion)
+
+
+def _gate(cfg, run: Path, predictions_semievol: str, predictions_sft: str,
+          predictions_champion: str | None) -> dict:
+    """(8) The promotion gate's decision: SemiEvol against the champion, or against SFT when the
+    registry has no champion yet (semievol_core/gate.py)."""
+    from .gate import decide
+
+    baseline, against = ((predictions_champion, "champion") if predictions_champion
+                         else (predictions_sft, "sft"))
+    return {"gate": decide(predictions_semievol, baseline, against, cfg.gate_alpha, cfg.gate_min_gain,
+                           cfg.bootstrap_samples, cfg.seed)}
 
 
 TRAIN_CONFIG = ("model", "train", "pseudo_weight")
@@ -219,6 +242,12 @@ STEPS: tuple[Step, ...] = (
          config=(*TRAIN_CONFIG, "final_training"), accelerator=True,
          files=("labeled", "warm", "pseudo_labels", "unlabeled")),
     *(_evaluate_step(system) for system in SYSTEMS),
+    Step("evaluate-champion", _evaluate_champion, ("test", "answer_type", "champion"),
+         ("metrics_champion", "predictions_champion"), config=EVAL_CONFIG, accelerator=True, task="evaluate",
+         files=("test", "champion")),
+    Step("gate", _gate, ("predictions_semievol", "predictions_sft", "predictions_champion"), ("gate",),
+         config=("gate_alpha", "gate_min_gain", "bootstrap_samples", "seed"),
+         files=("predictions_semievol", "predictions_sft", "predictions_champion")),
 )
 
 
@@ -252,7 +281,9 @@ EVALUATION: tuple[Step, ...] = (
 )
 BY_NAME = {s.name: s for s in STEPS + EVALUATION}
 _PRODUCER = {out: s for s in STEPS for out in s.outputs}  # of the evolve graph
-SOURCES = ("data_dir", "limits")  # values the caller gives; every other input is some step's output
+# Values the caller gives; every other input is some step's output. `champion`: the registry's
+# champion adapter (its stable path), or None.
+SOURCES = ("data_dir", "limits", "champion")
 
 
 def _closure(names: Iterable[str]) -> set[str]:
@@ -267,17 +298,19 @@ def _closure(names: Iterable[str]) -> set[str]:
     return seen
 
 
-def targets(systems: Sequence[str], pseudo_labels: bool = False) -> list[str]:
-    """The steps that answer for `systems` (their evaluations), plus selection if `pseudo_labels`."""
+def targets(systems: Sequence[str], pseudo_labels: bool = False, gate: bool = False) -> list[str]:
+    """The steps that answer for `systems` (their evaluations), plus selection if `pseudo_labels`,
+    plus the promotion gate if `gate` (it needs the semievol and sft evaluations)."""
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
-    return [f"evaluate-{s}" for s in systems] + (["select"] if pseudo_labels else [])
+    return ([f"evaluate-{s}" for s in systems] + (["select"] if pseudo_labels else [])
+            + (["gate"] if gate else []))
 
 
-def plan(systems: Sequence[str], pseudo_labels: bool = False) -> list[Step]:
+def plan(systems: Sequence[str], pseudo_labels: bool = False, gate: bool = False) -> list[Step]:
     """The steps the requested systems need, in the declared (topological) order."""
-    needed = _closure(targets(systems, pseudo_labels))
+    needed = _closure(targets(systems, pseudo_labels, gate))
     return [s for s in STEPS if s.name in needed]
 
 
@@ -342,6 +375,14 @@ def execute(todo: Sequence[Step], values: dict, call: Call, timings: dict[str, f
     return values
 
 
+def sources(data_dir: str | Path, limits: steps.Limits, registry: "Registry | None") -> dict:
+    """The values a walk starts from: the dataset, the sample limits, the registry's champion
+    (its adapter directory, resolved, so a later promotion never changes what this run read)."""
+    champion = registry.champion_path() if registry is not None else None
+    return {"data_dir": str(data_dir), "limits": limits.model_dump(),
+            "champion": str(champion.resolve()) if champion else None}
+
+
 def call_in_process(cfg: SemiEvolConfig, run_dir: Path) -> Call:
     """The plain executor's way to run a step: a direct call."""
     def call(step: Step, inputs: dict, index: int | None, count: int) -> dict:
@@ -354,12 +395,28 @@ def results_of(values: dict, systems: Sequence[str]) -> dict[str, dict]:
 
 
 def finish(run_dir: Path, cfg: SemiEvolConfig, values: dict, systems: Sequence[str], timings: dict,
-           cached_seconds: dict | None = None) -> tuple[dict, dict]:
-    """report.json / report.md from the walked graph's values: (report, extra entries)."""
+           cached_seconds: dict | None = None, registry: "Registry | None" = None) -> tuple[dict, dict]:
+    """report.json / report.md from the walked graph's values: (report, extra entries). With a
+    registry and a gate decision, the SemiEvol adapter is registered and promoted or rejected
+    (gate.apply) before the report is written, so the report says what happened."""
     from .report import write_report
 
     results = results_of(values, systems)
     extra = {"answer_type": values["answer_type"]}
     if "sft" in results and "semievol" in results:
         extra.update(steps.verdict(run_dir / "predictions", cfg))
+    if values.get("gate"):
+        extra["gate"] = values["gate"]
+        if registry is not None:
+            extra["registry"] = _promote_or_keep(registry, run_dir, cfg, values)
     return write_report(run_dir, cfg, results, values.get("selection") or {}, timings, extra, cached_seconds), extra
+
+
+def _promote_or_keep(registry: "Registry", run_dir: Path, cfg: SemiEvolConfig, values: dict) -> dict:
+    from .data import table_fingerprint
+    from .gate import apply
+
+    tables = {name: table_fingerprint(values[name]) for name in ("labeled", "unlabeled", "test")}
+    facts = {"run": str(Path(run_dir).resolve()), "round": len(registry.records()) + 1, "tables": tables,
+             "config": cfg.result_fields(), "metrics": values.get("metrics_semievol")}
+    return apply(registry, values["gate"], values["semievol_adapter"], facts)

@@ -12,15 +12,14 @@ ingest_file's docstring has the steps. A file ingest cannot use goes to `inbox/r
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import pandas as pd
 
+from semievol_core.atomic import exclusive_lock
 from semievol_core.data import append_part, read_table
 from semievol_core.schema import DataError, content_id, is_multiple_choice
 from semievol_core.sources import read_records
@@ -45,20 +44,6 @@ def inbox_files(inbox: str | Path) -> list[Path]:
     if not inbox.is_dir():
         raise FileNotFoundError(f"{inbox}: inbox directory not found")
     return sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created if missing) for the duration of the block. flock,
-    not a Prefect limit: it also serializes processes started outside Prefect, and the kernel
-    releases it when a killed process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def dataset_lock(data_dir: Path):

@@ -16,18 +16,22 @@ from typing import Sequence
 
 from . import graph
 from .config import SemiEvolConfig
+from .registry import Registry
 from .steps import Limits
 
 DEFAULT_SYSTEMS = graph.SYSTEMS
 
 
 def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig, limits: Limits = Limits(),
-                 systems: Sequence[str] = DEFAULT_SYSTEMS, pseudo_labels: bool = False) -> dict:
+                 systems: Sequence[str] = DEFAULT_SYSTEMS, pseudo_labels: bool = False,
+                 registry: str | Path | None = None) -> dict:
     """Run the steps the requested `systems` need (e.g. only "sft": just the warm training and its
-    evaluation); `pseudo_labels=True` also runs selection when no system needs it."""
+    evaluation); `pseudo_labels=True` also runs selection when no system needs it. With a
+    `registry` directory, the promotion gate runs and the SemiEvol adapter is registered there and
+    promoted or not (semievol_core/registry.py, gate.py)."""
     out = Path(out_dir)
-    todo = graph.plan(systems, pseudo_labels=pseudo_labels)
+    reg = Registry(registry) if registry is not None else None
+    todo = graph.plan(systems, pseudo_labels=pseudo_labels, gate=reg is not None and "semievol" in systems)
     timings: dict[str, float] = {}
-    sources = {"data_dir": str(data_dir), "limits": limits.model_dump()}
-    values = graph.execute(todo, sources, graph.call_in_process(cfg, out), timings)
-    return graph.finish(out, cfg, values, systems, timings)[0]
+    values = graph.execute(todo, graph.sources(data_dir, limits, reg), graph.call_in_process(cfg, out), timings)
+    return graph.finish(out, cfg, values, systems, timings, registry=reg)[0]

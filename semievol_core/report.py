@@ -63,6 +63,18 @@ def verdict_line(cmp: dict) -> str:
             f"McNemar p = {cmp['mcnemar_p']:.3g}, on {cmp['n']} test questions")
 
 
+def gate_markdown(extra: dict) -> str:
+    """The promotion gate's decision and what happened in the registry, as markdown."""
+    g, reg = extra["gate"], extra.get("registry")
+    lines = [f"**Promotion gate: {g['reason']}.**", ""]
+    if reg:
+        state = "promoted to champion" if reg["promoted"] else (
+            "already the champion" if reg["champion"] == reg["id"] else "rejected; the champion is unchanged")
+        lines += [f"- challenger `{reg['id']}`: {state}",
+                  f"- champion: `{reg['champion'] or 'none'}` (serve `{reg['path']}/champion`)", ""]
+    return "\n".join(lines)
+
+
 def timings_table(timings: dict, cached: dict | None = None) -> str:
     """Wall seconds per step; a step answered from the cache shows what it took when computed."""
     cached = cached or {}
@@ -82,6 +94,9 @@ def render_markdown(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, sel
     parts = [f"# SemiEvol run — `{out_dir}`", ""]
     if cmp is not None:
         parts += [f"**{verdict_line(cmp)}.**", ""]
+    if "gate" in extra:
+        parts += [gate_markdown(extra)]
+        extra.pop("gate"), extra.pop("registry", None)
     parts += ["## Test accuracy", "", systems_table(systems), ""]
     for k, v in extra.items():
         parts.append(f"- **{k}**: {v}")

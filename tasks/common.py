@@ -130,7 +130,7 @@ def _holders_dir() -> Path:
 def _holders_lock():
     """This machine's processes take a slot and mark themselves holding under this lock, and
     free_orphaned_slots counts holders under it: it never sees a slot granted but not yet marked."""
-    from semievol_core.ingest import exclusive_lock
+    from semievol_core.atomic import exclusive_lock
 
     return exclusive_lock(_holders_dir() / ".lock")
 

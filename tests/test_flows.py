@@ -33,6 +33,7 @@ import pytest  # noqa: E402
 from semievol_core import steps  # noqa: E402
 from semievol_core.config import SemiEvolConfig  # noqa: E402
 from semievol_core.data import read_table  # noqa: E402
+from semievol_core.registry import Registry  # noqa: E402
 
 from conftest import sentiment_rows  # noqa: E402
 
@@ -55,6 +56,9 @@ def _stop_temporary_server():
 def _cfg(model: Path, **over) -> SemiEvolConfig:
     # choice_logprobs: one forward pass per question (fast) and always a parsable letter, so the
     # random tiny model still yields pseudo-labels with entropies for θ to select from.
+    # gate_min_gain 100: the gate never promotes on its own here (a random model's gains are
+    # noise), so the champion changes only where a test promotes by hand.
+    over = {"gate_min_gain": 100.0, **over}
     return SemiEvolConfig(model=str(model), train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
                           collaboration_mode="choice_logprobs", eval_mode="choice_logprobs", bootstrap_samples=200,
                           execution={"progress": False, "shard_size": 4}, **over)
@@ -99,6 +103,15 @@ def test_first_run_executes_every_step_once(base_run):
         assert first.count(label) == 1, label
     report = json.loads((base_run["out"] / "report.json").read_text())
     assert set(report["systems"]) == set(steps.SYSTEMS)
+    # the promotion gate: no champion yet, so SemiEvol against SFT; min_gain 100 rejects it
+    assert report["gate"]["against"] == "sft" and report["gate"]["promote"] is False
+    assert report["gate"]["difference"] == report["semievol_vs_sft"]["difference"]
+    reg = Registry(base_run["data"] / "registry")
+    assert reg.champion() is None and [e["event"] for e in reg.history()] == ["registered", "rejected"]
+    assert reg.records()[0]["metrics"] == report["systems"]["semievol"]
+    assert report["registry"] == {"id": reg.records()[0]["id"], "champion": None, "promoted": False,
+                                  "path": str(reg.root.resolve())}
+    assert "**Promotion gate: kept the sft:" in (base_run["out"] / "report.md").read_text()
     assert (base_run["out"] / "report.md").exists() and (base_run["out"] / "semievol_adapter").is_dir()
 
 
@@ -163,7 +176,9 @@ def test_changing_theta_reruns_only_filter_final_train_and_semievol_eval(base_ru
     from flows.evolve import evolve
 
     report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, theta=0.8))
-    assert sorted(_executed(task_log)) == ["evaluate-semievol", "select", "train-final"]
+    executed = _executed(task_log)
+    # the gate re-runs only if the new predictions differ in bytes (a random tiny model may give the same)
+    assert sorted(e for e in executed if e != "gate") == ["evaluate-semievol", "select", "train-final"]
     assert report["selection"]["n_selected"] > base_run["report"]["selection"]["n_selected"]
     assert report["systems"]["sft"] == base_run["report"]["systems"]["sft"]
 
@@ -201,6 +216,33 @@ def test_run_killed_in_shard_2_resumes_without_missing_or_duplicated_responses(
     per_question = responses.groupby("unlabeled_id").size()
     assert per_question.nunique() == 1  # every question has every collaborator's responses
     assert report["selection"]["n_unlabeled"] == len(ids)
+
+
+@pytest.mark.slow
+def test_a_challenger_is_gated_against_the_champion_and_a_loser_leaves_it_in_place(base_run, task_log,
+                                                                                    tiny_model_dir, capsys):
+    """Promote the first run's adapter by hand (the CLI), then a run with another θ: its adapter
+    is compared with the champion on the same questions and, losing, leaves the champion as it was."""
+    from flows import cli
+    from flows.evolve import evolve
+
+    root = base_run["data"] / "registry"
+    first = Registry(root).records()[0]["id"]
+    assert cli.main(["registry", "promote", "--registry", str(root), first]) == 0
+    assert Registry(root).champion_id() == first and capsys.readouterr().out == f"champion: {first}\n"
+    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, theta=0.3))
+    executed = _executed(task_log)
+    assert {"evaluate-champion", "gate", "train-final"} <= set(executed) and "train-warm" not in executed
+    assert report["gate"]["against"] == "champion" and report["gate"]["promote"] is False
+    reg = Registry(root)
+    assert reg.champion_id() == first and report["registry"]["champion"] == first
+    assert [e["event"] for e in reg.history()][-2:] == ["registered", "rejected"]
+    champion_preds = steps.load_frame(base_run["out"] / "predictions" / "champion.parquet")
+    assert len(champion_preds) == report["gate"]["n"] == report["systems"]["semievol"]["n"]
+    assert cli.main(["registry", "list", "--registry", str(root)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(reg.records()) and listed[0].startswith(f"* {first}")
+    assert cli.main(["registry", "rollback", "--registry", str(root)]) == 2  # one champion only: nothing before it
 
 
 def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path):
