@@ -129,27 +129,57 @@ def sft_sweep(n: int, seed: int, epochs: list[int], extra: list[str]) -> list[di
     return out
 
 
-def recipe_cell(n: int, seed: int, recipe: str, extra: list[str]) -> list[dict]:
+def run_dir(n: int, seed: int, recipe: str, tag: str | None) -> Path:
+    return RUNS / f"b{n}-s{seed}-{recipe}" if not tag else RUNS / f"b{n}-s{seed}-{recipe}-{tag}"
+
+
+def recipe_cell(n: int, seed: int, recipe: str, extra: list[str], tag: str | None = None,
+                warm_from: Path | None = None, final: bool = True) -> list[dict]:
+    """The recipe's run: kNN vote, SFT, pseudo-labels and (`final`) SemiEvol. `warm_from`: an
+    adapter that labels the pool instead of the run's SFT (made the champion of a registry in the
+    run directory, with warm_from: champion: the product's rounds path). `tag` names the variant
+    (run directory `<...>-<tag>`, systems `<system>_<tag>`)."""
+    from semievol_core.pipeline import run_semievol
+    from semievol_core.registry import Registry
+
     data = budget_dataset(n, seed)
+    run = run_dir(n, seed, recipe, tag)
+    sfx = f"_{tag}" if tag else ""
+    registry = None
+    if warm_from is not None:
+        extra = extra + ["warm_from=champion"]
+        registry = Registry(run / "registry")
+        registry.promote(registry.register(warm_from, source_note="bench --warm-from")["id"])
     cfg = recipe_config(recipe, extra)
-    run = RUNS / f"b{n}-s{seed}-{recipe}"
     for other in RUNS.glob(f"b{n}-s{seed}-*"):  # same training key: the warm adapter is re-used
         if other != run and (other / "warm_adapter").exists():
             seed_run_dir(other, run)
             break
-    report, wall = run_cell(data, run, cfg, ["knn_vote", "sft", "semievol"])
-    sel, cmp, t = report["selection"], report["semievol_vs_sft"], report["timings"]
+    systems = ["knn_vote", "sft"] + (["semievol"] if final else [])
+    t0 = time.perf_counter()
+    report = run_semievol(data, run, cfg, systems=systems, pseudo_labels=True,
+                          registry=registry.root if registry else None)
+    wall = round(time.perf_counter() - t0, 1)
+    sel, t = report["selection"], report["timings"]
     n_unl = sel.get("n_unlabeled", 0)
     warm = adapter_facts(run / "warm_adapter")
+    pseudo = dict(n_unlabeled_used=n_unl, selected=sel.get("n_selected"),
+                  selected_accuracy=sel.get("pseudo_label_accuracy"),
+                  all_pseudo_label_accuracy=sel.get("pseudo_label_accuracy_all"),
+                  selected_class_counts=sel.get("selected_class_counts"), selection=sel,
+                  warm_from=str(warm_from) if warm_from else "sft")
     records = [
-        record(n, seed, "knn_vote", report["systems"]["knn_vote"], timings={k: v for k, v in t.items() if k.startswith(("embed", "retrieve"))}),
-        record(n, seed, "sft", report["systems"]["sft"], **warm, timings={"train-warm": t.get("train-warm")}),
-        record(n, seed, f"semievol_{recipe}", report["systems"]["semievol"], wall_s=wall,
-               n_unlabeled_used=n_unl, selected=sel.get("n_selected"),
-               selected_accuracy=sel.get("pseudo_label_accuracy"),
-               all_pseudo_label_accuracy=sel.get("pseudo_label_accuracy_all"),
-               selected_class_counts=sel.get("selected_class_counts"),
-               selection=sel, vs_sft=cmp, **{f"final_{k}": v for k, v in
+        record(n, seed, f"knn_vote{sfx}", report["systems"]["knn_vote"],
+               timings={k: v for k, v in t.items() if k.startswith(("embed", "retrieve"))}),
+        record(n, seed, f"sft{sfx}", report["systems"]["sft"], **warm, timings={"train-warm": t.get("train-warm")},
+               **({} if final else pseudo)),
+    ]
+    if not final:
+        return records
+    cmp = report["semievol_vs_sft"]
+    records += [
+        record(n, seed, f"semievol_{recipe}{sfx}", report["systems"]["semievol"], wall_s=wall,
+               **pseudo, vs_sft=cmp, **{f"final_{k}": v for k, v in
                                             adapter_facts(run / "semievol_adapter").items()},
                warm=warm, timings=t, config=cfg.result_fields()),
     ]
@@ -177,7 +207,8 @@ def oracle_pseudo_labels(run: Path, which: str) -> Path:
 
 
 def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
-                  oracle: bool = False, gold_only: bool = False) -> list[dict]:
+                  oracle: bool = False, gold_only: bool = False, tag: str | None = None,
+                  warm_from: Path | None = None) -> list[dict]:
     """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
     (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
     the released code's "continue" with the labeled rows kept in). Same start, same updates: the
@@ -186,13 +217,13 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
     row (`oracle_all_continue<steps>`)."""
     from semievol_core import steps as core
 
-    run = RUNS / f"b{n}-s{seed}-{recipe}"
+    run, sfx = run_dir(n, seed, recipe, tag), f"_{tag}" if tag else ""
     cfg = recipe_config(recipe, extra + [f"train.max_steps={steps}"])
-    d, warm = run / "data", run / "warm_adapter"
+    d, warm = run / "data", warm_from or run / "warm_adapter"
     test, answer_type = d / "test.parquet", "choice"
-    arms = {f"sft_plus{steps}": None, f"semievol_{recipe}_continue{steps}": run / "pseudo_labels.parquet"}
+    arms = {f"sft{sfx}_plus{steps}": None, f"semievol_{recipe}{sfx}_continue{steps}": run / "pseudo_labels.parquet"}
     if gold_only:  # the converged-SFT baseline alone (the recipe run's SFT + `steps` updates)
-        arms = {f"sft_plus{steps}": None}
+        arms = {f"sft{sfx}_plus{steps}": None}
     elif oracle:
         arms.update({f"oracle_{w}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
     out, preds = [], {}
@@ -204,8 +235,8 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
         preds[system] = run / "predictions" / f"{system}.parquet"
         m = core.evaluate_system(cfg, "sft", test, answer_type, preds[system], adapter=adapter)
         out.append(record(n, seed, system, m, wall_s=round(time.perf_counter() - t0, 1),
-                          start="warm adapter", extra_steps=steps, **adapter_facts(adapter)))
-    sft_arm = preds[f"sft_plus{steps}"]
+                          start=str(warm), extra_steps=steps, **adapter_facts(adapter)))
+    sft_arm = preds[f"sft{sfx}_plus{steps}"]
     for r in out[1:]:  # each pseudo-labelled arm against gold only, paired
         r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.bootstrap_samples, cfg.seed)
     return out
@@ -331,6 +362,11 @@ def main() -> None:
                     help="with --continue-steps: add arms trained on the true answers (oracle)")
     ap.add_argument("--gold-only", action="store_true",
                     help="with --continue-steps: only the gold-only arm (the converged SFT)")
+    ap.add_argument("--tag", help="name of a recipe variant: run dir <...>-TAG, systems <system>_TAG")
+    ap.add_argument("--warm-from", type=Path, metavar="ADAPTER",
+                    help="with --recipe: this adapter labels the pool (the registry-champion path)")
+    ap.add_argument("--no-final", action="store_true",
+                    help="with --recipe: pseudo-labels only, no final fine-tune (use --continue-steps)")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
@@ -343,9 +379,11 @@ def main() -> None:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
     if args.recipe and args.continue_steps:
         new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
-                             oracle=args.oracle, gold_only=args.gold_only)
+                             oracle=args.oracle, gold_only=args.gold_only,
+                             tag=args.tag, warm_from=args.warm_from)
     elif args.recipe:
-        new += recipe_cell(args.labeled, args.seed, args.recipe, args.set)
+        new += recipe_cell(args.labeled, args.seed, args.recipe, args.set, tag=args.tag,
+                           warm_from=args.warm_from, final=not args.no_final)
     data = merge(new) if new else json.loads(OUT_JSON.read_text())
     write(data)
     print(markdown(data))
