@@ -151,7 +151,9 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str], tag: str | Non
         registry = Registry(run / "registry")
         registry.promote(registry.register(warm_from, source_note="bench --warm-from")["id"])
     cfg = recipe_config(recipe, extra)
-    for other in RUNS.glob(f"b{n}-s{seed}-*"):  # same training key: the warm adapter is re-used
+    # The same recipe's run first: its warm adapter has the same training key and is re-used.
+    others = [run_dir(n, seed, recipe, None)] + sorted(RUNS.glob(f"b{n}-s{seed}-*"))
+    for other in others:
         if other != run and (other / "warm_adapter").exists():
             seed_run_dir(other, run)
             break

@@ -72,7 +72,10 @@ def parameters(declared: dict[str, Any], data: str | None = None, inbox: str | N
             if value is not None and name in params:
                 params[name] = value
     if runs is not None and params.get("out_dir"):
-        params["out_dir"] = str(Path(runs) / Path(params["out_dir"]).name)
+        name = Path(params["out_dir"]).name
+        if name in ("", ".."):  # "runs/.." or "/": no name of its own, and <runs>/.. would leave --runs
+            raise ValueError(f"out_dir {params['out_dir']!r}: give the run directory a name to keep under --runs")
+        params["out_dir"] = str(Path(runs) / name)
     if config is not None and "config" in params:
         params["config"] = config
     return params

@@ -30,7 +30,8 @@ from typing import Annotated, Literal, Sequence
 import typer
 from typer.core import TyperGroup
 
-from semievol_core.steps import NEIGHBOR_SYSTEMS, SYSTEMS
+from semievol_core.atomic import LockHeld
+from semievol_core.steps import SYSTEMS, check_model_name, run_dir_lock
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "deployments" / "configs"
 
@@ -72,8 +73,9 @@ class UserError(Exception):
 
 
 # Data, config and file problems are the user's to fix: one line, exit 2. ValueError covers
-# DataError, pydantic's ValidationError and the core's own checks.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+# DataError, pydantic's ValidationError and the core's own checks; LockHeld, an --out in use.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               LockHeld)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -140,7 +142,8 @@ def _load_config(path: str | Path | None, preset: Preset | None, shortcuts: dict
     try:
         return SemiEvolConfig.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError: one line per config, not a traceback
-        where = " + ".join([str(source)] * bool(source) + ["--set"] * bool(sets)) or "config"
+        given = [f"--{key}" for key, value in shortcuts.items() if value is not None]
+        where = " + ".join([str(source)] * bool(source) + given + ["--set"] * bool(sets)) or "config"
         raise UserError(f"{where}: {_validation_line(exc)}") from None
 
 
@@ -151,7 +154,8 @@ def _validation_line(exc: Exception) -> str:
     parts = []
     for e in errors():
         loc = ".".join(str(x) for x in e.get("loc", ())) or "config"
-        parts.append(f"{loc}: {e.get('msg')} (got {e.get('input')!r})" if "input" in e else f"{loc}: {e.get('msg')}")
+        shown = "input" in e and loc != "execution.api_key"  # never echo what may be a pasted key
+        parts.append(f"{loc}: {e.get('msg')} (got {e.get('input')!r})" if shown else f"{loc}: {e.get('msg')}")
     return "; ".join(parts)
 
 
@@ -268,6 +272,8 @@ def evolve(
     if not data.is_dir():
         raise UserError(f"{data}: dataset directory not found")
     _validate_dataset(data)
+    with run_dir_lock(out):  # another run on --out: say so now, before Prefect starts (the flow locks too)
+        pass
 
     from semievol_core.steps import Limits
     from flows.evolve import evolve as evolve_flow
@@ -310,8 +316,9 @@ def evaluate(
         raise UserError(f"{test}: no test table found")
     if adapter and not adapter.is_dir():
         raise UserError(f"{adapter}: adapter directory not found")
-    if name in NEIGHBOR_SYSTEMS:
-        raise UserError(f"--name {name!r} is reserved for evolve's neighbour-based systems")
+    check_model_name(name)
+    with run_dir_lock(out):  # another run on --out: say so now, before Prefect starts (the flow locks too)
+        pass
 
     from flows.evaluate import evaluate as evaluate_flow
 
@@ -349,7 +356,8 @@ def ingest(
     summary = ingest_flow(inbox=str(inbox), data_dir=str(into), mapping=map_)
     for r in summary["files"]:
         print(f"{r['file']}: {r['status']}, {r['added']} added, {r['already_present']} already present, "
-              f"{r['overlaps_test']} in the test set, {r['quarantined']} quarantined")
+              f"{r['overlaps_test']} in the test set, {r['duplicates_in_file']} duplicate(s) in the file, "
+              f"{r['quarantined']} quarantined")
         for note in r["notes"]:
             print(f"  note: {note}")
     print(f"{summary['added']} row(s) added to {into / 'unlabeled'}")
@@ -371,8 +379,16 @@ def import_csv(
 ) -> None:
     """import the paper's labeled/unlabeled/test CSVs as a dataset"""
     from semievol_core.paper_csv import import_csv_dir
+    from semievol_core.schema import BadRowError, DataError
 
-    print(import_csv_dir(src, out, skip_bad_rows=skip_bad_rows, overwrite=overwrite))
+    try:
+        print(import_csv_dir(src, out, skip_bad_rows=skip_bad_rows, overwrite=overwrite))
+    except DataError as exc:  # a bad row stops the import: say whether it could have been set aside
+        if exc.row is None:
+            raise
+        hint = ("--skip-bad-rows quarantines such rows and imports the rest" if isinstance(exc, BadRowError)
+                else "--skip-bad-rows cannot skip it: the file cannot be read past this row")
+        raise UserError(f"{exc} ({hint})") from None
 
 
 # ------------------------------------------------------------------------------ registry

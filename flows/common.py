@@ -41,8 +41,8 @@ def run_name(flow: str, parameter: str) -> Callable[[], str]:
 
 
 class StepRunner:
-    """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a cached,
-    retried task with run-local result storage. A cache hit whose output files were changed or
+    """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a cached
+    task with run-local result storage. A cache hit whose output files were changed or
     deleted on disk since is run again. Records which steps came from the cache and what they took
     when they were computed; a fan-out step (generation shards) moves a progress artifact
     `semievol-<task>` after each element."""

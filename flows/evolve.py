@@ -1,17 +1,18 @@
-"""The `evolve` flow: the whole SemiEvol method as cached, retried Prefect tasks.
+"""The `evolve` flow: the whole SemiEvol method as cached Prefect tasks.
 
     from flows.evolve import evolve
     report = evolve("data/fpb", "runs/fpb", SemiEvolConfig(theta=0.3), Limits(labeled=64))
 
 The steps, their order and what each reads are declared once, in `semievol_core.graph`; this flow
-walks that graph with every step as a cached, retried task (tasks/step.py), exactly as
+walks that graph with every step as a cached task (tasks/step.py), exactly as
 `semievol_core.pipeline.run_semievol` walks it in process. Only the steps the requested `systems`
 need run. Outputs: the run-directory layout of semievol_core/steps.py, plus `<out>/.prefect-cache/`
 holding the task results the cache answers from. A re-run on the same data executes no step;
 changing θ re-runs select, train-final and evaluate-semievol; changing the model re-runs training
 and generation.
 Generation runs in shards of `cfg.execution.shard_size` questions, each its own cached task run,
-so a killed run loses at most the shard in flight.
+so a killed run loses at most the shard in flight. One run per `out_dir` at a time: a second one
+fails at once, naming the first one's pid (steps.run_dir_lock).
 
 Artifacts (keys shared across runs, so the UI shows each one's history): `semievol-verdict`
 (SemiEvol - SFT with its CI and McNemar p: better or not), `semievol-accuracy`
@@ -29,7 +30,7 @@ from prefect import flow, get_run_logger
 from semievol_core import graph
 from semievol_core.config import SemiEvolConfig
 from semievol_core.registry import Registry
-from semievol_core.steps import Limits
+from semievol_core.steps import Limits, run_dir_lock
 from semievol_core.report import gate_markdown, render_markdown, systems_table, verdict_line
 from tasks.common import ensure_gpu_limit
 
@@ -49,36 +50,37 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
     reg = Registry(registry or Path(data_dir) / "registry") if gate and "semievol" in systems else None
     todo = graph.plan(systems, gate=reg is not None)
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_gpu_limit(log)
-    runner, timings = StepRunner(config, out, log), {}
-    values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, timings)
-    report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds, registry=reg)
-    log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",
-             sorted(set(runner.executed)) or "none")
+    # One run per directory (created by the lock): a second one fails at once (atomic.LockHeld).
+    with run_dir_lock(out):
+        ensure_gpu_limit(log)
+        runner, timings = StepRunner(config, out, log), {}
+        values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, timings)
+        report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds, registry=reg)
+        log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",
+                 sorted(set(runner.executed)) or "none")
 
-    results, selection = graph.results_of(values, systems), values.get("selection") or {}
-    publish_accuracy(results, key="semievol-accuracy", description=f"Test accuracy per system — {out}")
-    if "semievol_vs_sft" in extra:
-        line = verdict_line(extra["semievol_vs_sft"])
-        log.info(line)
-        publish_markdown(f"# Verdict\n\n**{line}.**\n\n{systems_table(results)}\n", key="semievol-verdict",
-                         description=line)
-    if "gate" in extra:
-        log.info("promotion gate: %s", extra["gate"]["reason"])
-        publish_markdown(gate_markdown(extra), key="semievol-gate", description=extra["gate"]["reason"])
-    if reg is not None:
-        publish_history(reg, key="semievol-history", description=f"Champion and challengers — {reg.root}")
-    if selection:
-        log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])
-        publish_selection(selection, key="semievol-selection", description=f"Pseudo-label selection — {out}")
-    md = render_markdown(out, config, results, selection, timings, extra, runner.cached_seconds)
-    adapters = [values[k] for k in ("warm", "semievol_adapter") if values.get(k)]
-    md += ("\n## Where things are\n\n"
-           f"- run directory: `{out}`\n- report: `{out / 'report.json'}`, `{out / 'report.md'}`\n"
-           f"- adapters: {', '.join(f'`{a}`' for a in adapters) or 'none'}\n"
-           f"- predictions: `{out / 'predictions'}`\n"
-           f"- data snapshot: `{out / 'data'}` (from `{Path(data_dir).resolve()}`)\n"
-           f"- steps from cache: {', '.join(sorted(set(runner.cached))) or 'none'}\n")
-    publish_markdown(md, key="semievol-report", description=f"SemiEvol report — {out}")
-    return report
+        results, selection = graph.results_of(values, systems), values.get("selection") or {}
+        publish_accuracy(results, key="semievol-accuracy", description=f"Test accuracy per system — {out}")
+        if "semievol_vs_sft" in extra:
+            line = verdict_line(extra["semievol_vs_sft"])
+            log.info(line)
+            publish_markdown(f"# Verdict\n\n**{line}.**\n\n{systems_table(results)}\n", key="semievol-verdict",
+                             description=line)
+        if "gate" in extra:
+            log.info("promotion gate: %s", extra["gate"]["reason"])
+            publish_markdown(gate_markdown(extra), key="semievol-gate", description=extra["gate"]["reason"])
+        if reg is not None:
+            publish_history(reg, key="semievol-history", description=f"Champion and challengers — {reg.root}")
+        if selection:
+            log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])
+            publish_selection(selection, key="semievol-selection", description=f"Pseudo-label selection — {out}")
+        md = render_markdown(out, config, results, selection, timings, extra, runner.cached_seconds)
+        adapters = list(dict.fromkeys(values[k] for k in ("sft_adapter", "warm", "semievol_adapter") if values.get(k)))
+        md += ("\n## Where things are\n\n"
+               f"- run directory: `{out}`\n- report: `{out / 'report.json'}`, `{out / 'report.md'}`\n"
+               f"- adapters: {', '.join(f'`{a}`' for a in adapters) or 'none'}\n"
+               f"- predictions: `{out / 'predictions'}`\n"
+               f"- data snapshot: `{out / 'data'}` (from `{Path(data_dir).resolve()}`)\n"
+               f"- steps from cache: {', '.join(sorted(set(runner.cached))) or 'none'}\n")
+        publish_markdown(md, key="semievol-report", description=f"SemiEvol report — {out}")
+        return report

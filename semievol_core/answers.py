@@ -30,7 +30,10 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
-LETTERS = "ABCDEFGHIJ"
+from .schema import LETTERS
+
+# the option letters as a regex character range, "A-J" (LETTERS are consecutive)
+_LETTER_RANGE = f"{LETTERS[0]}-{LETTERS[-1]}"
 ANSWER_TYPES = ("choice", "number", "text")
 _DEFAULT_N_OPTIONS = 4  # when a choice question arrives without its options: the usual MCQ size
 
@@ -224,7 +227,7 @@ def parse_choice(
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # 2. Output starts with the letter: "C. sugar", "(B) neutral", "B". A first line carrying
     # several labels ("(A) negative (B) neutral ...") is an echo of the options, not an answer.
-    labels = set(re.findall(r"(?:^|\s)[(\[]?([A-J])[)\].:](?:\s|$)", lines[0]))
+    labels = set(re.findall(rf"(?:^|\s)[(\[]?([{_LETTER_RANGE}])[)\].:](?:\s|$)", lines[0]))
     letter = _letter_token(lines[0], opts, strict=True) if len(labels) <= 1 else None
     if letter:
         if letter in valid:
@@ -233,13 +236,14 @@ def parse_choice(
         return out_of_range(letter)
     # 3. A line that is nothing but a letter, e.g. after a short explanation.
     for line in reversed(lines):
-        m = re.fullmatch(r"[(\[]?([A-Ja-j])[)\]]?[.:]?", line.strip(_LEAD_STRIP))
+        bare = line.strip(_LEAD_STRIP)
+        m = re.fullmatch(rf"[(\[]?([{_LETTER_RANGE}{_LETTER_RANGE.lower()}])[)\]]?[.:]?", bare)
         if m and m.group(1).upper() in valid:
             return found(m.group(1).upper(), "standalone_letter")
     # 4. Unambiguous inline letters: "(B)", "option B", "I choose B".
     inline = {x.upper() for x in _PAREN_LETTER_RE.findall(text)}
     inline |= {
-        x.upper() for x in re.findall(r"\b(?:option|choice)\s+([A-Ja-j])\b", text, re.IGNORECASE)
+        x.upper() for x in re.findall(rf"\b(?:option|choice)\s+([{_LETTER_RANGE}])\b", text, re.IGNORECASE)
     }
     for m in _SOFT_MARKER_RE.finditer(text):
         letter = _letter_token(text[m.end() : m.end() + 300].split("\n", 1)[0], opts, False)

@@ -8,11 +8,14 @@
         ...                                             # (data.append_part links it, never overwrites)
     with exclusive_lock(Path("data/x/.ingest.lock")):    # one writer at a time, across processes
         ...
+    with exclusive_lock(Path("runs/1/.run.lock"), wait=False):  # LockHeld at once if taken
+        ...
 
 A temp is a sibling of its target (same directory, so the same file system, where rename(2) is
 atomic) named `.<name>.<random hex>.tmp`: hidden, so readers of a directory of parts skip it, and
 unique, so concurrent writers never share one. On an exception the temp is removed and the target
-is left as it was.
+is left as it was; a write that fails for lack of space (or any other OSError) says which target
+was not written, not the temp's name.
 """
 
 from __future__ import annotations
@@ -53,12 +56,23 @@ def temp_file(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path to write; on a clean exit fsync it and rename it onto `path`
-    (replacing any old file). On an exception the old file, if any, is untouched."""
+    (replacing any old file). On an exception the old file, if any, is untouched; an OSError
+    (a full disk: ENOSPC, often only at fsync) is raised again naming `path`."""
     path = Path(path)
     with temp_file(path) as tmp:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _not_written(path, exc) from exc
+
+
+def _not_written(path: Path, exc: OSError) -> OSError:
+    """The same kind of OSError (same errno, so ENOSPC stays ENOSPC), on one line naming the target."""
+    reason = " ".join((exc.strerror or str(exc)).split())
+    message = f"{path}: not written ({reason}); the previous version, if any, is unchanged"
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 
 
 @contextmanager
@@ -103,15 +117,32 @@ def _swap_in(new: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class LockHeld(RuntimeError):
+    """exclusive_lock(wait=False) found the lock taken by another process."""
+
+
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created if missing) for the duration of the block. flock,
-    not a Prefect limit: it also serializes processes started outside Prefect, and the kernel
-    releases it when a killed process dies."""
+def exclusive_lock(path: Path, *, wait: bool = True) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing) for the duration of the block; the holder
+    writes its pid into the file. wait=False: if another process holds it, raise LockHeld at once,
+    naming the directory and that pid, instead of waiting. flock, not a Prefect limit: it also
+    serializes processes started outside Prefect, and the kernel releases it when a killed process
+    dies (a stale pid left in the file is overwritten by the next holder)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "unknown"
+            raise LockHeld(f"{path.parent}: in use by another run (pid {pid}, lock {path.name}); "
+                           "wait for it to finish or use another directory") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -6,16 +6,26 @@
 Fields are split in two: those that change results (they go into cache keys) and execution-only
 settings (`ExecutionConfig`: batch sizes, threads, progress bars, server URLs) that never do, so a
 re-run with a bigger batch re-uses every cached step.
+
+A config holds no secret: it is written to config.yaml, report.json, report.md and Prefect's
+flow-run parameters. `execution.api_key` names where the OpenAI-compatible server's key is, and
+`resolve_api_key` reads it only where the backend is built:
+
+    execution: {backend: openai, base_url: "http://gpu:8000/v1", api_key: "env:OPENAI_API_KEY"}
+    execution: {..., api_key: "secret:openai-key"}       # a Prefect Secret block (flows only)
+    resolve_api_key("env:OPENAI_API_KEY")                 # SecretStr('**********')
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .training import TrainConfig
 
@@ -35,11 +45,18 @@ class Collaborator(BaseModel):
 class ExecutionConfig(BaseModel):
     """How to run, not what to compute: never part of a cache key."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error's text never repeats an input, which might be a key
+    # pasted into api_key (the CLI still shows other fields' inputs, from errors()).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     backend: Literal["transformers", "openai", "vllm"] = "transformers"
     base_url: str | None = None  # OpenAI-compatible server (backend="openai")
+    # Where the server's API key is, never the key itself: "env:NAME" (an environment variable)
+    # or "secret:NAME" (a Prefect Secret block, read by the flows' tasks). None: no key sent.
     api_key: str | None = None
     served_model: str | None = None  # the server's name for the base model
+    # Wall-clock budget of one request to the server, in seconds, its retries and their backoff
+    # included; past it the request fails with TransientBackendError (backends/openai_http.py).
+    request_deadline_seconds: float = Field(default=300.0, gt=0)
     # All at least 1: a 0 or negative value would only fail deep inside a run (shard_size 0 at
     # generation, after warm training), so the config refuses it up front.
     batch_size: int = Field(default=16, ge=1)
@@ -52,9 +69,40 @@ class ExecutionConfig(BaseModel):
     gradient_checkpointing: bool = False
     progress: bool = True
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_reference(cls, value: str | None) -> str | None:
+        if value is not None and not KEY_REFERENCE.fullmatch(value):
+            # The message never repeats the value: it may be a key pasted in by mistake.
+            raise ValueError("give where the key is, env:VARIABLE or secret:PREFECT_BLOCK, not the key itself "
+                             "(the config is written to config.yaml, the reports and Prefect's run parameters)")
+        return value
+
+
+KEY_REFERENCE = re.compile(r"(env|secret):[A-Za-z0-9_.-]+")
+# How each kind of `execution.api_key` reference is read. The core reads environment variables;
+# tasks/common.py adds "secret" (Prefect Secret blocks), as the core never imports Prefect.
+KEY_READERS: dict[str, Callable[[str], str | None]] = {"env": os.environ.get}
+
+
+def resolve_api_key(reference: str | None) -> SecretStr | None:
+    """The key an `execution.api_key` reference names, as a SecretStr (masked in repr, str and
+    dumps), or None without a reference; ValueError with a one-line reason when it cannot be read."""
+    if reference is None:
+        return None
+    kind, _, name = reference.partition(":")
+    if kind not in KEY_READERS:
+        raise ValueError(f"execution.api_key {reference!r}: Prefect Secret blocks are read by the Prefect "
+                         "flows (semievol evolve / evaluate); in process use env:VARIABLE")
+    value = KEY_READERS[kind](name)
+    if not value:
+        raise ValueError(f"execution.api_key {reference!r}: "
+                         + ("environment variable not set" if kind == "env" else "empty or missing"))
+    return SecretStr(value)
+
 
 class SemiEvolConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # see ExecutionConfig
 
     # --- models and data ---
     model: str = "smollm2-135m-instruct"
@@ -65,7 +113,13 @@ class SemiEvolConfig(BaseModel):
 
     # --- 1. in-weight propagation (warm SFT) and 6. final fine-tune ---
     train: TrainConfig = Field(default_factory=TrainConfig)
-    final_training: Literal["union", "continue"] = "union"  # paper Eq. 9 | released code
+    # From the base on labeled + selected (paper Eq. 9) | the warm adapter continued on the selected
+    # (released code) | the warm adapter continued on labeled + selected.
+    final_training: Literal["union", "continue", "continue_union"] = "union"
+    # The warm model of collaboration, self-justification and a "continue" final fine-tune: this
+    # run's SFT, or the adapter registry's champion when there is one (rounds, paper Fig. 7: the
+    # latest adapter labels the next night's rows).
+    warm_from: Literal["sft", "champion"] = "sft"
     # Weight of a pseudo-label's loss relative to a gold label's in the final fine-tune (1: equal,
     # the paper). The loss stays normalised by the token count, so < 1 also shrinks their steps.
     pseudo_weight: float = Field(default=1.0, gt=0.0, le=1.0)

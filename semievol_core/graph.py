@@ -93,7 +93,14 @@ def _prepare(cfg, run: Path, data_dir: str, limits: dict) -> dict:
 
 
 def _train_warm(cfg, run: Path, labeled: str) -> dict:
-    return {"warm": str(steps.train_adapter(cfg, [(labeled, "labeled")], run / "warm_adapter"))}
+    """(1) SFT on the labeled rows: the `sft` system, and the warm model unless a champion is."""
+    return {"sft_adapter": str(steps.train_adapter(cfg, [(labeled, "labeled")], run / "warm_adapter"))}
+
+
+def _pick_warm(cfg, run: Path, sft_adapter: str, champion: str | None) -> dict:
+    """The warm model of collaboration, self-justification and a continued final fine-tune: this
+    run's SFT, or (warm_from: champion, paper Fig. 7's rounds) the registry's champion."""
+    return {"warm": champion if cfg.warm_from == "champion" and champion else sft_adapter}
 
 
 def _embed(kind: str) -> Callable[..., dict]:
@@ -155,8 +162,10 @@ def _select(cfg, run: Path, votes: str, justified: str, responses: str, unlabele
 def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, unlabeled: str) -> dict:
     if cfg.final_training == "union":  # paper Eq. 9: labeled + selected pseudo-labels, from the base
         tables, start = [(labeled, "labeled")], None
-    else:  # released code: continue the warm adapter on the pseudo-labels
+    elif cfg.final_training == "continue":  # released code: continue the warm adapter on the pseudo-labels
         tables, start = [], warm
+    else:  # "continue_union": continue the warm adapter on labeled + pseudo-labels
+        tables, start = [(labeled, "labeled")], warm
     return {"semievol_adapter": str(steps.train_adapter(cfg, tables, run / "semievol_adapter", init_adapter=start,
                                                         pseudo_labels=pseudo_labels, unlabeled=unlabeled))}
 
@@ -164,7 +173,7 @@ def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, un
 EVAL_CONFIG = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos", "bootstrap_samples",
                "seed")
 # The systems (and the champion) that run with an adapter -> the value holding it.
-ADAPTER_OF = {"sft": "warm", "semievol": "semievol_adapter", "champion": "champion"}
+ADAPTER_OF = {"sft": "sft_adapter", "semievol": "semievol_adapter", "champion": "champion"}
 
 
 def _evaluate(system: str) -> Callable[..., dict]:
@@ -214,8 +223,10 @@ STEPS: tuple[Step, ...] = (
     Step("prepare", _prepare, ("data_dir", "limits"),
          ("labeled", "unlabeled", "test", "oracle", "answer_type", "counts"), config=("seed", "answer_type"),
          keyed_by_content=("data_dir",), key=lambda cfg, inputs: steps.dataset_fingerprint(inputs["data_dir"])),
-    Step("train-warm", _train_warm, ("labeled",), ("warm",), config=TRAIN_CONFIG, accelerator=True,
+    Step("train-warm", _train_warm, ("labeled",), ("sft_adapter",), config=TRAIN_CONFIG, accelerator=True,
          files=("labeled",)),
+    Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("warm_from",),
+         files=("sft_adapter", "champion")),
     *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("embedder",), accelerator=True,
            task="embed", files=(kind,)) for kind in ("labeled", "unlabeled", "test")),
     Step("retrieve-unlabeled", _retrieve_unlabeled, ("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled"),
@@ -267,7 +278,7 @@ def _prepare_test(cfg, run: Path, test_table: str, limit: int | None) -> dict:
 
 
 def _evaluate_model(cfg, run: Path, test: str, answer_type: str, adapter: str | None, name: str) -> dict:
-    out = run / "predictions" / f"{name}.parquet"
+    out = run / "predictions" / f"{steps.check_model_name(name)}.parquet"
     return {"metrics": steps.evaluate_system(cfg, name, test, answer_type, out, adapter=adapter),
             "predictions": str(out)}
 

@@ -61,11 +61,12 @@ def _move(path: Path, folder: str) -> Path:
     return dest
 
 
-def _reject(src: Path, error: str, summary: dict) -> dict:
-    """Set a file ingest cannot use aside with the reason next to it, so the inbox does not
-    retry it forever and the user sees why."""
+def _reject(src: Path, error: str, summary: dict, details: list[str] = ()) -> dict:
+    """Set a file ingest cannot use aside with the reason (and `details`, a line each) next to it,
+    so the inbox does not retry it forever and the user sees why."""
     dest = _move(src, REJECTED)
-    dest.with_name(dest.name + ".reason.txt").write_text(error + "\n", encoding="utf-8")
+    text = "".join(line + "\n" for line in [error, *details])
+    dest.with_name(dest.name + ".reason.txt").write_text(text, encoding="utf-8")
     summary.update(status="rejected", error=error, moved_to=str(dest))
     return summary
 
@@ -110,13 +111,15 @@ def ingest_file(path: str | Path, data_dir: str | Path,
       2. drop rows whose question and options are a test row's (counted in `overlaps_test`, a
          note): training on test questions would inflate the evaluation;
       3. drop rows already in the dataset: same id, or same content id (question + options) as an
-         existing row, whatever its id; identical repeats inside the file are dropped by the reader;
+         existing row, whatever its id; repeats inside the file (same question and options) are
+         dropped by the reader;
       4. append the rest as the next part `unlabeled/part-NNNNN.parquet` (atomic: an evolve run
          reading the table at that moment sees the part completely or not at all);
       5. append the bad rows to `quarantine/part-NNNNN.parquet` (source, row, column, reason, raw);
       6. move the file to `inbox/processed/`. A file ingest cannot use at all (unsupported type,
          unreadable, a column missing, or every row bad) goes to `inbox/rejected/` with a
-         `<name>.reason.txt` instead, status "rejected".
+         `<name>.reason.txt` (every bad row's reason) instead, status "rejected", and the dataset
+         is left untouched.
     Raises FileNotFoundError, touching nothing, if data_dir is not a dataset. Ingests into one
     dataset are serialized by an exclusive lock on `<dataset>/.ingest.lock`. If a crash hits
     between 4 and 6, the next run finds every row already present and only moves the file.
@@ -137,13 +140,12 @@ def ingest_file(path: str | Path, data_dir: str | Path,
         summary.update(rows_read=len(df) + len(bad) + df.attrs["duplicates"],
                        duplicates_in_file=df.attrs["duplicates"], quarantined=len(bad),
                        notes=list(df.attrs["notes"]))
-        if not len(df):  # nothing usable: the rows go to quarantine, the file is rejected
-            append_part(pd.DataFrame(bad), data / "quarantine", "quarantine")
-            first = bad[0]  # named like any DataError: file, row and column of the first
-            error = DataError(src, first["row"], first["column"],
-                              f"every row is bad ({len(bad)} quarantined in "
-                              f"{data / 'quarantine'}); the first: {first['reason']}")
-            return _reject(src, str(error), summary)
+        if not len(df):  # nothing usable: the file is rejected, the dataset left untouched
+            reasons = [str(DataError(src, b["row"], b["column"], b["reason"])) for b in bad]
+            summary["quarantined"] = 0  # the rows stay in the rejected file, a reason each
+            error = (f"{reasons[0]} (every row is bad: {len(bad)} row(s), each one's reason in "
+                     "the rejected file's .reason.txt)")
+            return _reject(src, error, summary, reasons)
         df = _drop_known(df, data, summary)
         if len(df):
             part = append_part(df.reset_index(drop=True), data / "unlabeled", "unlabeled")

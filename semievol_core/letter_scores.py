@@ -16,8 +16,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .answers import LETTERS
 from .backends.base import Backend, Chat
+from .schema import LETTERS
 
 
 def score_letters(backend: Backend, chats: Sequence[Chat], options: Sequence[Sequence[str] | None],

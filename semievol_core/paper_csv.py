@@ -5,7 +5,8 @@
 
 What the paper's files need and get: the id column (`id`, or mmlu_pro's `question_id`), answers
 given as 1-based option numbers (arc) turned into letters, unlabeled answers moved to the oracle
-table, questions shared between splits noted. The dataset layout and the table writes are
+table, questions shared between splits noted, duplicate rows (same question, options and answer:
+mmlu_pro repeats some under other question_ids) dropped with a count. The dataset layout and the table writes are
 semievol_core/data.py's; the file reading semievol_core/sources.py's. `semievol import-csv` is
 the command-line entry (flows/cli.py).
 """
@@ -32,7 +33,7 @@ class ImportSummary:
     out_dir: str
     counts: dict[str, int] = field(default_factory=dict)     # rows written per table
     rows_read: dict[str, int] = field(default_factory=dict)  # data rows in each source file
-    duplicates: int = 0   # identical duplicate rows dropped (one kept)
+    duplicates: int = 0   # rows dropped as repeats of one with the same question, options, answer
     quarantined: int = 0  # bad rows moved to quarantine.parquet
     notes: list[str] = field(default_factory=list)
 
@@ -49,7 +50,8 @@ class ImportSummary:
 
 def _refuse_nonempty(out: Path, overwrite: bool) -> None:
     if not overwrite and out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"{out} is not empty; replace it with --overwrite "
+                              "(overwrite=True in Python)")
 
 
 def _import_split(path: Path, split: str, skip_bad_rows: bool,
@@ -61,8 +63,7 @@ def _import_split(path: Path, split: str, skip_bad_rows: bool,
         if name not in header:
             raise DataError(path, None, name, "missing required column")
     columns = {f: (f if f in header else None) for f in FIELDS}
-    # mmlu_pro repeats some questions verbatim under different question_ids: its own id keeps
-    # them apart (a content hash would call them conflicting duplicates)
+    # the file's own ids when it has them (stable across versions of the file), else content hashes
     columns["id"] = next((c for c in _ID_COLUMNS if c in header), None)
     hidden = record_answer_columns(records, columns) if unl else {}
     collector = RowCollector(path, columns, skip_bad_rows)
@@ -73,7 +74,9 @@ def _import_split(path: Path, split: str, skip_bad_rows: bool,
     where = f"{path.parent.name}/{path.name}"
     notes = []
     if collector.duplicates:
-        notes.append(f"{collector.duplicates} identical duplicate row(s) dropped, first kept")
+        other = f"; {collector.variants} with another id or metadata" if collector.variants else ""
+        notes.append(f"{collector.duplicates} duplicate row(s) (same question, options and answer "
+                     f"as an earlier row{other}) dropped, first kept")
     if collector.converted:
         notes.append(f"{collector.converted} answer(s) given as 1-based option numbers "
                      "converted to letters")
@@ -91,8 +94,10 @@ def import_csv_dir(src_dir: str | Path, out_dir: str | Path, *, skip_bad_rows: b
 
     A missing unlabeled.csv gives an empty unlabeled table. Answers in unlabeled.csv go to
     oracle.parquet, never into the unlabeled table. 1-based option numbers given as answers (arc)
-    become letters. Raises DataError on the first bad row unless skip_bad_rows, which moves bad
-    rows to quarantine.parquet. A non-empty out_dir is only replaced (whole) with overwrite=True.
+    become letters. Duplicates (same question, options and answer) are dropped, counted; the same
+    question and options with different answers is a bad row. Raises DataError on an unusable
+    file, BadRowError on the first bad row unless skip_bad_rows, which moves bad rows to
+    quarantine.parquet. A non-empty out_dir is only replaced (whole) with overwrite=True.
     """
     src, out = Path(src_dir), Path(out_dir)
     _refuse_nonempty(out, overwrite)

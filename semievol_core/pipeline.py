@@ -17,7 +17,7 @@ from typing import Sequence
 from . import graph
 from .config import SemiEvolConfig
 from .registry import Registry
-from .steps import Limits
+from .steps import Limits, run_dir_lock
 
 DEFAULT_SYSTEMS = graph.SYSTEMS
 
@@ -33,5 +33,6 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
     reg = Registry(registry) if registry is not None else None
     todo = graph.plan(systems, pseudo_labels=pseudo_labels, gate=reg is not None and "semievol" in systems)
     timings: dict[str, float] = {}
-    values = graph.execute(todo, graph.sources(data_dir, limits, reg), graph.call_in_process(cfg, out), timings)
-    return graph.finish(out, cfg, values, systems, timings, registry=reg)[0]
+    with run_dir_lock(out):  # one run per directory: a second one fails at once (atomic.LockHeld)
+        values = graph.execute(todo, graph.sources(data_dir, limits, reg), graph.call_in_process(cfg, out), timings)
+        return graph.finish(out, cfg, values, systems, timings, registry=reg)[0]

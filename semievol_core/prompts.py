@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .answers import LETTERS
 from .backends.base import Chat
+from .schema import LETTERS
 
 
 @dataclass(frozen=True)

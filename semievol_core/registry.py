@@ -86,7 +86,8 @@ class Registry:
 
     def record(self, adapter_id: str) -> dict:
         path = self.adapters / adapter_id / RECORD
-        if not path.exists():
+        # An id is one plain name: "../x" or "/x" would reach a record outside the registry.
+        if adapter_id in ("", "..") or Path(adapter_id).name != adapter_id or not path.exists():
             raise RegistryError(f"{self.root}: no adapter {adapter_id!r} (see `semievol registry list`)")
         return json.loads(path.read_text(encoding="utf-8"))
 

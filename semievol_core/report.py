@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import SemiEvolConfig
-from .steps import save_json
+from .steps import save_json, save_text
 
 
 def _pct(x) -> str:
@@ -115,7 +115,6 @@ def write_report(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, select
     report = {"config": cfg.model_dump(mode="json"), "systems": systems, "selection": selection,
               "timings": timings, "cached_steps": cached or {}, **(extra or {})}
     save_json(report, out_dir / "report.json")
-    (out_dir / "report.md").write_text(render_markdown(out_dir, cfg, systems, selection, timings, extra, cached),
-                                       encoding="utf-8")
-    (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    save_text(render_markdown(out_dir, cfg, systems, selection, timings, extra, cached), out_dir / "report.md")
+    save_text(cfg.to_yaml(), out_dir / "config.yaml")
     return report

@@ -8,7 +8,8 @@
 Kinds: labeled and test (id, question, options, answer, metadata); unlabeled (no answer, ever);
 oracle (id, answer) holds true answers of unlabeled rows, only to score pseudo-labels afterwards;
 quarantine holds rows an import skipped, with the reason. `options` is a list of strings, or None
-for a free-form question. An answer to a multiple-choice question is an option letter (A = first).
+for a free-form question. An answer to a multiple-choice question is an option letter (A = first):
+LETTERS, the one definition every module uses (import, prompts, answer parsing, letter scoring).
 
 Row numbers in DataError are 1-based data rows as a user counts them: for CSV the first record
 after the header is row 1 (a quoted field spanning several lines still counts as one row; blank
@@ -16,7 +17,8 @@ lines are skipped, not counted), for JSONL the line number, for Parquet and Data
 position + 1. None means the whole file (a missing column, an unreadable or empty file).
 
 normalize_record() turns one source record into a table row; RowCollector does that for a whole
-file, dropping identical duplicates (counted) and quarantining or raising on bad rows.
+file, dropping duplicates (same question, options and answer; counted) and quarantining or raising
+(BadRowError) on bad rows.
 
 Rules every path shares (import-csv, ingest, evolve's checks), each defined once here:
   - answer_columns(): which extra columns of unlabeled rows give the answer away (kept out of
@@ -32,14 +34,17 @@ import hashlib
 import json
 import math
 import re
-import string
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-LETTERS = string.ascii_uppercase  # option letters; 26 options at most
+# Option letters, so at most 10 options. Not A-Z: the paper's datasets stop at 10 (MMLU-Pro, A-J),
+# and answer parsing reads a lone letter after "Answer:" as the choice, which past J would also take
+# variables and units ("Answer: x = 3", "K") for option letters.
+LETTERS = "ABCDEFGHIJ"
+MAX_OPTIONS = len(LETTERS)
 
 _ID = pa.field("id", pa.string(), nullable=False)
 _QUESTION = pa.field("question", pa.string(), nullable=False)
@@ -95,8 +100,12 @@ class DataError(ValueError):
             where += f", column {self.column!r}"
         return f"{where}: {self.message}"
 
-    def __reduce__(self):  # keep all four fields when pickled (e.g. across worker processes)
-        return (DataError, (self.path, self.row, self.column, self.message))
+    def __reduce__(self):  # keep all four fields and the class when pickled (worker processes)
+        return (type(self), (self.path, self.row, self.column, self.message))
+
+
+class BadRowError(DataError):
+    """A DataError about one row that skip_bad_rows would have quarantined instead."""
 
 
 class FieldError(Exception):
@@ -177,12 +186,19 @@ def parse_options(value: Any, column: str = "options") -> list[str] | None:
     if not isinstance(value, list):
         raise FieldError(column, f"options are not a JSON list of strings: {show(value)}")
     for i, item in enumerate(value):
+        if is_missing(item):
+            # JSON has no NaN: a list written by pandas, which reads an option "None" or "NaN" as
+            # missing. Which text it was is not ours to guess.
+            what = "null" if item is None else "NaN"
+            raise FieldError(column, f"option {i + 1} is {what}, not text (an option \"None\" or "
+                                     "\"NaN\" read as missing? write it as a JSON string)")
         if not isinstance(item, str):
             raise FieldError(column, f"option {i + 1} is not a string: {show(item)}")
     if not value:
         raise FieldError(column, "options list is empty (use null for a free-form question)")
-    if len(value) > len(LETTERS):
-        raise FieldError(column, f"{len(value)} options; at most {len(LETTERS)} (A-Z)")
+    if len(value) > MAX_OPTIONS:
+        raise FieldError(column, f"{len(value)} options; at most {MAX_OPTIONS} "
+                                 f"({LETTERS[0]}-{LETTERS[-1]})")
     return [unify_newlines(item) for item in value]
 
 
@@ -200,12 +216,20 @@ def check_answer(value: Any, options: list[str] | None, column: str = "answer",
         raise FieldError(column, "answer is empty")
     if options is None:
         return text, False
-    letter = text.strip()
-    if letter in LETTERS[: len(options)]:
+    letter, valid = text.strip(), set(LETTERS[: len(options)])  # a set: "AB" is no letter
+    if letter in valid:
         return letter, False
     if numbered and letter.isdigit() and 1 <= int(letter) <= len(options):
         return LETTERS[int(letter) - 1], True
-    raise FieldError(column, f"{show(text)} is not an option letter ({letters_text(len(options))})")
+    # not fixed up silently: "b" could as well be the text of another option
+    if letter.upper() in valid:
+        hint = "; option letters are upper case"
+    elif letter in options:
+        hint = f"; it is option {LETTERS[options.index(letter)]}'s text: give the letter"
+    else:
+        hint = ""
+    raise FieldError(column, f"{show(text)} is not an option letter "
+                             f"({letters_text(len(options))}){hint}")
 
 
 def check_question(value: Any, column: str = "question") -> str:
@@ -339,16 +363,21 @@ Record = tuple[int, dict[str, Any], FieldError | None]
 
 
 class RowCollector:
-    """Normalizes a file's records into `rows`: keeps one of identical duplicates (counted),
-    rejects a repeated id with different content, and on a bad row raises DataError or, with
-    skip_bad_rows, lists it in `quarantine` (source, row, column, reason, raw)."""
+    """Normalizes a file's records into `rows`. A duplicate (same question, options and answer as
+    an earlier row, whatever its id and metadata) is dropped and counted, the first kept. The same
+    id with other content, or the same question and options with another answer, is a bad row: on
+    a bad row it raises BadRowError or, with skip_bad_rows, lists the row in `quarantine` (source,
+    row, column, reason, raw)."""
 
     def __init__(self, path: Path, columns: Mapping[str, str | None], skip_bad_rows: bool):
         self.path, self.columns, self.skip = path, columns, skip_bad_rows
         self.rows: list[dict[str, Any]] = []
-        self.first: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (row, normalized row)
+        # the first row kept per id and per content id: (row number, normalized row)
+        self.by_id: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.by_content: dict[str, tuple[int, dict[str, Any]]] = {}
         self.quarantine: list[dict[str, Any]] = []
         self.duplicates = self.converted = 0
+        self.variants = 0  # duplicates whose id or metadata differ from the row kept
 
     def add(self, rows: Iterable[Record], **normalize: Any) -> None:
         for rowno, raw, problem in rows:
@@ -359,7 +388,7 @@ class RowCollector:
                 keep = self._keep(rowno, row)
             except FieldError as err:
                 if not self.skip:
-                    raise DataError(self.path, rowno, err.column, err.message) from None
+                    raise BadRowError(self.path, rowno, err.column, err.message) from None
                 self.quarantine.append({
                     "source": str(self.path), "row": rowno, "column": err.column,
                     "reason": err.message, "raw": json.dumps(jsonable(raw), ensure_ascii=False),
@@ -370,15 +399,25 @@ class RowCollector:
                 self.converted += converted
 
     def _keep(self, rowno: int, row: dict[str, Any]) -> bool:
-        """False for an identical repeat of an earlier row; FieldError if the id clashes."""
-        prev = self.first.get(row["id"])
+        """False for a duplicate of an earlier row; FieldError if it clashes with one."""
+        key = content_id(row["question"], row["options"])
+        # without an id column the id is `key`: name the content, not a hash, in the messages
+        prev = self.by_id.get(row["id"]) if self.columns.get("id") else None
+        if prev is not None:
+            same = f"same id {row['id']!r} as row {prev[0]}"
+            differs = next((f for f in ("question", "options") if prev[1][f] != row[f]), None)
+            if differs:
+                raise FieldError(self.columns.get(differs), f"{same} but different {differs}")
+        else:
+            prev = self.by_content.get(key)
+            same = f"same question and options as row {prev[0]}" if prev else ""
         if prev is None:
-            self.first[row["id"]] = (rowno, row)
+            self.by_id[row["id"]] = self.by_content[key] = (rowno, row)
             return True
-        if prev[1] == row:
-            self.duplicates += 1
-            return False
-        fields = ("question", "options", "answer", "metadata")
-        differs = next(f for f in fields if prev[1].get(f) != row.get(f))
-        column = self.columns.get(differs) if differs != "metadata" else None
-        raise FieldError(column, f"same id {row['id']!r} as row {prev[0]} but different {differs}")
+        mine, theirs = row.get("answer"), prev[1].get("answer")
+        if mine != theirs:  # one of the two answers is wrong: not ours to pick
+            raise FieldError(self.columns.get("answer"), f"{same} but different answer "
+                                                         f"({show(mine)}; row {prev[0]}: {show(theirs)})")
+        self.duplicates += 1
+        self.variants += int(prev[1] != row)
+        return False

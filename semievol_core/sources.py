@@ -47,11 +47,16 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise DataError(path, None, None, f"cannot read file: {err.strerror or err}") from None
     try:
-        return data.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs add
+        text = data.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs add
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         message = f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); re-save as UTF-8"
         raise DataError(path, None, None, message) from None
+    if "\0" in text:  # valid UTF-8 still, but no text file has NULs: binary, or UTF-16 without BOM
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DataError(path, None, None, f"not a text file (a NUL byte on line {line}: binary "
+                                          "data, or UTF-16 text?); re-save as UTF-8")
+    return text
 
 
 def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
@@ -77,8 +82,13 @@ def _csv_records(path: Path) -> tuple[list[str], list[Record]]:
             records.append((len(records) + 1, raw, problem))
     except csv.Error as err:
         # the reader stops inside the record where the quote opened: that is the row to name
-        hint = " (a quoted field opened on this row is never closed)" if (
-            "unexpected end of data" in str(err)) else ""
+        if "unexpected end of data" in str(err):
+            hint = " (a quoted field opened on this row is never closed)"
+        elif "expected after" in str(err):  # a quote left open ends at the next row's quote
+            hint = (" (a quoted field opened on this row ends where no field ends: a quote left "
+                    "open, or a quote inside a field not doubled)")
+        else:
+            hint = ""
         raise DataError(path, len(records) + 1, None, f"malformed CSV: {err}{hint}") from None
     return header, records
 
@@ -102,6 +112,9 @@ def _jsonl_records(path: Path) -> tuple[list[str], list[Record]]:
             continue
         columns.update(dict.fromkeys(obj))
         records.append((lineno, obj, None))
+    if records and not columns:  # not one object: name the first line, not a missing column
+        lineno, _, problem = records[0]
+        raise DataError(path, lineno, None, f"{problem.message} (no line is a JSON object)")
     return list(columns), records
 
 
@@ -142,9 +155,9 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kin
     a JSON-string list or a real list. multiple_choice: the form every row must have (the target
     dataset's, schema.check_form); None accepts both. Unlabeled records must not carry an answer
     (read them as labeled and use split_oracle), and columns that give it away under another name
-    (schema.answer_columns) are kept out of their metadata, said in df.attrs["notes"]. Identical
-    duplicates are dropped and counted in df.attrs["duplicates"]; with skip_bad_rows, bad rows
-    are listed in df.attrs["quarantine"].
+    (schema.answer_columns) are kept out of their metadata, said in df.attrs["notes"]. Duplicates
+    (same question, options and answer) are dropped and counted in df.attrs["duplicates"]; with
+    skip_bad_rows, bad rows are listed in df.attrs["quarantine"].
     """
     if kind not in QUESTION_KINDS:
         raise ValueError(f"kind must be one of {QUESTION_KINDS}, not {kind!r}")
@@ -159,8 +172,8 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kin
         src = mapping.get(name, name)
         present = src in header
         if name == "answer" and kind == "unlabeled" and present:
-            raise DataError(path, None, src, "unlabeled records must not carry answers; read "
-                            "the file as 'labeled' and split the answers off with split_oracle()")
+            raise DataError(path, None, src, "unlabeled records must not carry answers; remove "
+                            "the column (rows with answers belong in the labeled or test table)")
         required = name == "question" or (name == "answer" and kind != "unlabeled")
         if not present and name == "options" and multiple_choice:
             raise DataError(path, None, src, "missing required column (the dataset is "
@@ -176,6 +189,9 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None, kin
     df.attrs["duplicates"] = collector.duplicates
     df.attrs["quarantine"] = collector.quarantine
     df.attrs["notes"] = [answer_note(hidden)] if hidden else []
+    if collector.variants:  # their other ids or metadata are gone: say so
+        df.attrs["notes"].append(f"{collector.variants} duplicate row(s) with another id or "
+                                 "metadata dropped, first kept")
     return df
 
 

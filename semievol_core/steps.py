@@ -17,6 +17,7 @@ Run directory layout (`out/`):
     responses/shard-<key>.parquet           one file per generation shard (resumable)
     responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet
     predictions/<system>.parquet, report.json, report.md, config.yaml
+    .run.lock                               held by the run using the directory (run_dir_lock)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -34,10 +36,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from .answers import infer_answer_type
-from .atomic import atomic_path
+from .atomic import atomic_path, exclusive_lock
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
-from .config import SemiEvolConfig
+from .config import SemiEvolConfig, resolve_api_key
 from .data import atomic_write_parquet, read_table, write_table
 from .evaluation import metrics, predict
 from .justification import justify
@@ -73,6 +75,14 @@ def save_json(obj, path: str | Path) -> Path:
     return path
 
 
+def save_text(text: str, path: str | Path) -> Path:
+    """Write a text file (UTF-8) atomically: a full disk leaves the old file, never half a new one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
 def file_digest(*paths: str | Path) -> str:
     """sha256 of files' bytes (a directory: its files, sorted by relative name)."""
     h = hashlib.sha256()
@@ -84,6 +94,16 @@ def file_digest(*paths: str | Path) -> str:
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+RUN_LOCK = ".run.lock"
+
+
+def run_dir_lock(out_dir: str | Path):
+    """Held for a whole run by both executors (pipeline.run_semievol, the Prefect flows): a second
+    run on the same directory fails at once with atomic.LockHeld, naming the directory and the
+    first run's pid, instead of interleaving its writes with the first one's."""
+    return exclusive_lock(Path(out_dir) / RUN_LOCK, wait=False)
 
 
 # ---------------------------------------------------------------------------- backends (one per process)
@@ -99,11 +119,15 @@ def get_backend(cfg: SemiEvolConfig) -> Backend:
     elif ex.backend == "openai":
         if not ex.base_url:
             raise ValueError("execution.backend 'openai' needs execution.base_url")
-        opts = dict(base_url=ex.base_url, api_key=ex.api_key, concurrency=ex.concurrency)
+        # The key is read here, where it is used; the config only says where it is.
+        opts = dict(base_url=ex.base_url, api_key=resolve_api_key(ex.api_key), concurrency=ex.concurrency,
+                    deadline=ex.request_deadline_seconds)
     else:
         opts = {}
     model = (ex.served_model or cfg.model) if ex.backend == "openai" else cfg.model
-    key = (ex.backend, model, json.dumps(opts, sort_keys=True, default=str))
+    # json.dumps sees only the key's mask; the SecretStr itself (hashed by its value) tells a
+    # rotated key apart.
+    key = (ex.backend, model, json.dumps(opts, sort_keys=True, default=str), opts.get("api_key"))
     if key not in _BACKENDS:
         _BACKENDS[key] = make_backend(ex.backend, model, **opts)
     return _BACKENDS[key]
@@ -447,6 +471,17 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
 # ---------------------------------------------------------------------------- 7. evaluation
 SYSTEMS = ("vanilla", "rag_knn", "knn_vote", "sft", "semievol")
 NEIGHBOR_SYSTEMS = ("rag_knn", "knn_vote")  # systems that read the labeled neighbours of a test row
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no "/", no leading ".": stays in predictions/
+
+
+def check_model_name(name: str) -> str:
+    """The evaluate flow's `name` (it writes predictions/<name>.parquet), or ValueError: a path
+    ("../x", "/x") would write outside the run directory, and evolve's neighbour systems are taken."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"name {name!r}: use letters, digits, '_', '-' and '.' (it names predictions/<name>.parquet)")
+    if name in NEIGHBOR_SYSTEMS:
+        raise ValueError(f"name {name!r} is reserved for evolve's neighbour-based systems")
+    return name
 
 
 def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_type: str, out: str | Path,

@@ -1,6 +1,6 @@
-"""Prefect tasks wrapping the SemiEvol steps (method.py), inbox ingestion (ingest.py) and their shared
-cache policy, retry rule and `gpu` slot (common.py).
+"""Prefect tasks wrapping the SemiEvol graph steps (step.py) and inbox ingestion (ingest.py), and what
+they share: content digests, API keys from Prefect Secret blocks, the `gpu` slot (common.py).
 
-    from tasks.method import train, generate
+    from tasks.step import step_task
     from tasks.ingest import ingest_file
 """

@@ -1,14 +1,18 @@
-"""What every SemiEvol task shares: content digests, retries for transient failures, the `gpu` slot.
+"""What every SemiEvol task shares: content digests, API keys from Prefect Secret blocks, the `gpu` slot.
 
-    from tasks.common import RETRY, content_digest, gpu_slot, record_execution
+    from tasks.common import content_digest, gpu_slot, record_execution
 
 Content digests: input tables and adapters enter cache keys (tasks/step.py, semievol_core.graph.step_key)
 by the sha256 of their bytes, memoised per path, size and mtime, so hashing a big table once per
 run is the whole cost.
 
-Retries: `RETRY` retries a task only when it failed with a `TransientBackendError` (the OpenAI
-backend raises it once its own per-request retries are spent), with exponential backoff. Bad data
-(DataError), bad configs and code errors fail at once: running them again cannot help.
+No task retries: the OpenAI backend retries each request itself within one deadline
+(semievol_core/backends/openai_http.py says why Prefect does not retry on top), and bad data,
+bad configs and code errors would only fail again.
+
+API keys: importing this module teaches `semievol_core.config.resolve_api_key` to read
+`execution.api_key: "secret:<block>"` from a Prefect Secret block, inside the task that builds the
+backend. The flow and task parameters carry only the reference, never the key.
 
 The `gpu` global concurrency limit: tasks that use the accelerator run inside `gpu_slot()`, so two
 runs on one machine queue for the device instead of fighting over its memory. Flows call
@@ -35,14 +39,12 @@ from pathlib import Path
 from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
-from prefect.tasks import exponential_backoff
 
-from semievol_core import steps
+from semievol_core import config, steps
 
 GPU_LIMIT = "gpu"
 TASK_LOG_ENV = "SEMIEVOL_TASK_LOG"
 GPU_SLOTS_ENV = "SEMIEVOL_GPU_SLOTS"
-TRANSIENT_ERRORS = frozenset({"TransientBackendError"})
 
 
 # ------------------------------------------------------------------------------ content digests
@@ -77,36 +79,18 @@ def content_digest(path: str | Path) -> str:
     return hit
 
 
-# ------------------------------------------------------------------------------ retries
-def is_transient(exc: BaseException | None) -> bool:
-    """A TransientBackendError (matched by class name along the MRO, so this needs no import of
-    the backend), also when it is the cause of another exception."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if any(cls.__name__ in TRANSIENT_ERRORS for cls in type(exc).__mro__):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+# ------------------------------------------------------------------------------ API keys
+def _secret_block(name: str) -> str:
+    """The value of the Prefect Secret block `name` (ValueError if there is none)."""
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).value.get_secret_value()  # not .get(): it would parse "123" as JSON
+    if not isinstance(value, str):
+        raise ValueError(f"Prefect Secret block {name!r} holds JSON, not an API key string")
+    return value
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """retry_condition_fn: retry only transient backend failures; everything else fails fast.
-
-    Prefect calls this with a Failed state whose data is the exception (task_engine.can_retry)."""
-    data = state.data
-    if not isinstance(data, BaseException):
-        try:
-            data = state.result(raise_on_failure=False)
-        except Exception:  # an unreadable result: not something a retry fixes
-            return False
-    return isinstance(data, BaseException) and is_transient(data)
-
-
-# Backoff 10 s, 20 s, 40 s (+-50% jitter): long enough for a restarting inference server, short
-# enough that a nightly run is not held up for long.
-RETRY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10),
-             retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
+config.KEY_READERS["secret"] = _secret_block
 
 
 # ------------------------------------------------------------------------------ the `gpu` slot

@@ -1,4 +1,4 @@
-"""Any step of the method graph as a Prefect task: one factory, one cache policy, one retry rule.
+"""Any step of the method graph as a Prefect task: one factory, one cache policy.
 
     from tasks.step import step_task
     task = step_task(graph.BY_NAME["vote"], storage=run_dir / ".prefect-cache", run_name="vote")
@@ -8,8 +8,9 @@
 The task is named after the step's task ("embed", "generate", "evaluate"; the UI's task-run names
 say which: "embed-test", "generate-3/11", "evaluate-sft"). It is cached under
 `semievol_core.graph.step_key` (the step's code, the config fields it reads, its inputs by
-content) plus the source of this wrapper (TASK_SOURCE), retried only on transient backend errors
-(tasks.common.RETRY), and holds the `gpu` slot when the step needs the accelerator. Results are
+content) plus the source of this wrapper (TASK_SOURCE), and holds the `gpu` slot when the step
+needs the accelerator. It is not retried: the OpenAI backend retries each request within its
+deadline, and other failures would fail again (tasks/common.py). Results are
 JSON: the step's outputs, the digests of the files among them (so the flow notices a cached output
 rewritten on disk since), and the body's wall time.
 """
@@ -28,7 +29,7 @@ from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from semievol_core import graph
 from semievol_core.config import SemiEvolConfig
 
-from .common import RETRY, content_digest, gpu_slot, record_execution
+from .common import content_digest, gpu_slot, record_execution
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _file_outputs(outputs: dict, run_dir: Path) -> dict[str, str]:
     return out
 
 
-@task(result_serializer="json", **RETRY)
+@task(result_serializer="json")
 def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any],
              progress: dict | None = None) -> dict:
     """Run one graph step. progress (execution-only, not keyed): {"artifact": id, "index": i,

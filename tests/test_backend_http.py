@@ -224,6 +224,70 @@ def test_retry_after_header_is_honoured():
     assert time.monotonic() - t0 >= 0.3
 
 
+# ---- one deadline per request: a dead, silent or trickling server fails the call in time ------
+
+SLACK = 0.4  # seconds past the deadline a loaded 2-core test machine may add
+
+
+def _call(backend: OpenAIBackend) -> tuple[TransientBackendError, float]:
+    t0 = time.monotonic()
+    with pytest.raises(TransientBackendError) as info:
+        backend.generate([CHAT], Sampling())
+    return info.value, time.monotonic() - t0
+
+
+def test_an_always_503_server_fails_by_the_deadline_in_one_line_naming_the_url():
+    with ScriptedServer([Step(503, {"error": {"message": "overloaded\n(injected)"}})]) as srv:
+        err, elapsed = _call(OpenAIBackend(srv.url, "m", deadline=1.0, backoff_base=0.05, backoff_max=0.2))
+    assert elapsed < 1.0 + SLACK
+    assert str(err) == (f"POST {srv.url}/v1/chat/completions failed within its 1 s deadline "
+                        f"({len(srv.requests)} attempts): HTTP 503: overloaded (injected)")
+    assert err.attempts == len(srv.requests) >= 4 and err.status == 503
+
+
+def test_a_server_that_never_answers_fails_by_the_deadline():
+    import socket
+
+    with socket.socket() as silent:  # the kernel accepts connections (backlog), nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        err, elapsed = _call(OpenAIBackend(url, "m", deadline=1.0, timeout=120))
+    assert elapsed < 1.0 + SLACK
+    assert str(err) == f"POST {url}/v1/chat/completions failed within its 1 s deadline (1 attempt): timed out (ReadTimeout)"
+
+
+def test_a_server_trickling_its_reply_is_cut_off_by_the_deadline():
+    # httpx's read timeout restarts at every byte: only the deadline stops this one.
+    import socket
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n")
+            try:
+                for _ in range(100):
+                    time.sleep(0.2)
+                    conn.sendall(b" ")
+            except OSError:  # the client gave up
+                pass
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        threading.Thread(target=lambda: trickle(srv.accept()[0]), daemon=True).start()
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        err, elapsed = _call(OpenAIBackend(url, "m", deadline=1.0, timeout=5))
+    assert elapsed < 1.0 + 0.2 + SLACK  # at most one byte's wait past the deadline
+    assert "within its 1 s deadline (1 attempt): timed out" in str(err)
+
+
+def test_a_retry_after_beyond_the_deadline_gives_up_at_once():
+    with ScriptedServer([Step(503, {}, headers={"Retry-After": "60"})]) as srv:
+        err, elapsed = _call(OpenAIBackend(srv.url, "m", deadline=5.0))
+    assert elapsed < 1.0 and err.attempts == 1 == len(srv.requests)
+
+
 def test_concurrency_is_bounded_and_order_kept():
     def body(payload: dict) -> dict:
         return chat_body(text=payload["messages"][0]["content"])

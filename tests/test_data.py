@@ -311,9 +311,11 @@ def test_data_error_is_one_line_and_pickles():
 # ------------------------------------------------------------------ the real task directories
 
 REAL = {  # task: (labeled, unlabeled, test, oracle) rows after import
-    "arc": (518, 1554, 518, 1554),
+    "arc": (518, 1553, 518, 1553),  # unlabeled.csv has 1554 rows, 1 repeating another under its id
     "fpb": (452, 1357, 453, 1357),  # unlabeled.csv has 1359 rows, 2 of them identical repeats
-    "mmlu_pro": (2406, 0, 2407, 0),
+    # 6 labeled and 8 test rows repeat another row's question, options and answer under another
+    # question_id: dropped, counted
+    "mmlu_pro": (2400, 0, 2399, 0),
     "usmle": (2290, 0, 2291, 0),
 }
 
@@ -330,6 +332,9 @@ def test_real_task_imports(task, shared_data, tmp_path):
     assert "answer" not in ds.unlabeled.columns
     assert summary.quarantined == 0
     assert all(a in "ABCDEFGHIJ" for a in ds.test["answer"])
+    if task == "mmlu_pro":
+        assert summary.rows_read == {"labeled": 2406, "test": 2407}
+        assert summary.duplicates == 14 and "another id or metadata" in str(summary)
     if task == "fpb":
         assert summary.rows_read["unlabeled"] == 1359 and summary.duplicates == 2
         assert not any("gt" in m for m in ds.unlabeled["metadata"])

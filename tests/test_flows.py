@@ -270,7 +270,8 @@ def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path
 
 # ------------------------------------------------------------------------------ retries
 class _FakeOpenAI(BaseHTTPRequestHandler):
-    """/v1/chat/completions that fails `fail` times with `status`, then answers "Answer: A"."""
+    """/v1/chat/completions that fails `fail` times with `status`, then answers "Answer: A". With a
+    `key`, a request without `Authorization: Bearer <key>` gets a 401 (counted in `unauthorized`)."""
 
     state: dict = {}
 
@@ -278,10 +279,15 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with self.state["lock"]:
             self.state["requests"] += 1
-            failing = self.state["fail"] > 0
+            refused = self.state["key"] is not None and \
+                self.headers.get("Authorization") != f"Bearer {self.state['key']}"
+            self.state["unauthorized"] += refused
+            failing = not refused and self.state["fail"] > 0
             if failing:
                 self.state["fail"] -= 1
-        if failing:
+        if refused:
+            body, code = {"error": {"message": "invalid API key"}}, 401
+        elif failing:
             body, code = {"error": {"message": "server overloaded (injected)"}}, self.state["status"]
         else:
             body, code = {"choices": [{"index": 0, "message": {"content": "Answer: A"}, "finish_reason": "stop",
@@ -299,9 +305,10 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_server():
-    def start(fail: int, status: int = 503):
+    def start(fail: int, status: int = 503, key: str | None = None):
         handler = type("Handler", (_FakeOpenAI,), {"state": {"lock": threading.Lock(), "requests": 0,
-                                                             "fail": fail, "status": status}})
+                                                             "fail": fail, "status": status, "key": key,
+                                                             "unauthorized": 0}})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -314,30 +321,30 @@ def fake_server():
         s.server_close()
 
 
-def _openai_cfg(url: str) -> SemiEvolConfig:
+def _openai_cfg(url: str, **execution) -> SemiEvolConfig:
     # concurrency 1: requests go one by one, so exactly the first `fail` requests fail
     return SemiEvolConfig(model="fake-model", eval_mode="generate", bootstrap_samples=100,
-                          execution={"backend": "openai", "base_url": url, "concurrency": 1, "progress": False})
+                          execution={"backend": "openai", "base_url": url, "concurrency": 1, "progress": False,
+                                     **execution})
 
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
     from semievol_core.backends.openai_http import OpenAIBackend
-    from tasks.step import run_step
 
     monkeypatch.setattr(OpenAIBackend, "_backoff", lambda self, attempt: 0.0)
-    monkeypatch.setattr(run_step, "retry_delay_seconds", [0.1, 0.1, 0.1])
 
 
 def test_transient_http_failures_are_retried_and_the_run_completes(
         sentiment_dataset, tmp_path, task_log, fake_server, fast_backoff):
     from flows.evaluate import evaluate
 
-    # The backend tries each request 6 times (max_retries=5); 12 failures = two failed task
-    # attempts. One question (limit=1), so no other request of the same attempt eats failures.
+    # One retry layer: the backend retries the request through all 12 failures within its
+    # deadline, and the task runs once (Prefect does not retry it on top). One question
+    # (limit=1), so no other request eats failures.
     url, state = fake_server(fail=12)
     res = evaluate(str(sentiment_dataset), str(tmp_path / "eval"), config=_openai_cfg(url), limit=1)
-    assert _executed(task_log) == ["prepare-test"] + ["evaluate-model"] * 3
+    assert _executed(task_log) == ["prepare-test", "evaluate-model"]
     assert state["fail"] == 0 and state["requests"] == 12 + 1
     assert res["metrics"]["n"] == 1 and res["metrics"]["parse_failure_rate"] == 0
     assert (tmp_path / "eval" / "predictions" / "model.parquet").exists()
@@ -353,6 +360,76 @@ def test_non_transient_backend_error_fails_fast(sentiment_dataset, tmp_path, tas
         evaluate(str(sentiment_dataset), str(tmp_path / "eval"), config=_openai_cfg(url), limit=1)
     assert _executed(task_log) == ["prepare-test", "evaluate-model"]
     assert state["requests"] == 1
+
+
+def test_a_dead_server_fails_the_run_by_the_request_deadline_without_task_retries(
+        sentiment_dataset, tmp_path, task_log, fake_server):
+    from semievol_core.backends.openai_http import TransientBackendError
+
+    from flows.evaluate import evaluate
+
+    url, state = fake_server(fail=10**9)  # always 503, with the backend's real backoff
+    with pytest.raises(TransientBackendError, match=r"/v1/chat/completions failed within its 2 s deadline") as info:
+        evaluate(str(sentiment_dataset), str(tmp_path / "eval"),
+                 config=_openai_cfg(url, request_deadline_seconds=2), limit=1)
+    assert _executed(task_log) == ["prepare-test", "evaluate-model"]  # the task ran once
+    assert info.value.attempts == state["requests"] >= 2
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ secrets
+@pytest.mark.parametrize("source", ["env", "secret"])
+def test_the_api_key_reaches_the_server_and_is_stored_nowhere(source, sentiment_dataset, tmp_path, fake_server,
+                                                              monkeypatch, capfd, caplog):
+    """The config names where the key is; the backend sends the key; no file of the run, nothing
+    Prefect stored (parameters, logs, artifacts, task runs: its whole database) and no log line
+    holds it."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.evaluate import evaluate
+
+    caplog.set_level("DEBUG")
+    key = f"sk-semievol-{uuid.uuid4().hex}"
+    if source == "env":
+        monkeypatch.setenv("SEMIEVOL_TEST_API_KEY", key)
+        reference = "env:SEMIEVOL_TEST_API_KEY"
+    else:
+        from prefect.blocks.system import Secret
+
+        Secret(value=key).save("semievol-test-api-key", overwrite=True)
+        reference = "secret:semievol-test-api-key"
+    url, state = fake_server(fail=0, key=key)
+    out = tmp_path / "eval"
+    flow_state = evaluate(str(sentiment_dataset), str(out), config=_openai_cfg(url, api_key=reference), limit=1,
+                          return_state=True)
+    assert flow_state.result()["metrics"]["n"] == 1
+    assert state["requests"] >= 1 and state["unauthorized"] == 0  # every request carried the key
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=5)
+    run_id = flow_state.state_details.flow_run_id
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        stored = [client.read_flow_run(run_id), *client.read_task_runs(flow_run_filter=runs),
+                  *client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))),
+                  *client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                      any_=[run_id])))]
+    api_text = json.dumps([obj.model_dump(mode="json") for obj in stored])
+    assert reference in api_text and key not in api_text  # the parameters hold the reference only
+
+    for root in (out, _HOME):  # the run's files (.prefect-cache too); Prefect's database and files
+        files = [f for f in root.rglob("*") if f.is_file()]
+        assert any(reference.encode() in f.read_bytes() for f in files), root  # the grep sees stored text
+        assert [str(f) for f in files if key.encode() in f.read_bytes()] == []
+    assert reference in (out / "report.md").read_text()
+    captured = capfd.readouterr()
+    assert key not in captured.out + captured.err + caplog.text
 
 
 # ------------------------------------------------------------------------------ ingest

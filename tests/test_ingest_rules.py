@@ -162,19 +162,22 @@ def test_unsupported_files_are_rejected_with_a_reason(sentiment_dataset, tmp_pat
     assert inbox_files(inbox) == []
 
 
-def test_a_file_with_every_row_bad_is_rejected_and_its_rows_quarantined(sentiment_dataset, tmp_path):
+def test_a_file_with_every_row_bad_is_rejected_with_every_reason_and_the_dataset_untouched(
+        sentiment_dataset, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     path = inbox / "bad.parquet"
     pd.DataFrame({"question": ["", "  "], "options": [["a", "b"]] * 2}).to_parquet(path)
-    before = read_table(sentiment_dataset / "unlabeled", "unlabeled")
+    before = sorted(p.relative_to(sentiment_dataset) for p in sentiment_dataset.rglob("*"))
     res = ingest_file(path, sentiment_dataset)
-    assert (res["status"], res["added"], res["quarantined"]) == ("rejected", 0, 2)
-    assert "bad.parquet row 1, column 'question': every row is bad (2 quarantined" in res["error"]
+    assert (res["status"], res["added"], res["quarantined"]) == ("rejected", 0, 0)
+    assert res["error"].startswith("inbox/bad.parquet row 1, column 'question': question is empty "
+                                   "(every row is bad: 2 row(s)")
     assert (inbox / "rejected" / "bad.parquet").exists() and not (inbox / "processed").exists()
-    assert "every row is bad" in (inbox / "rejected" / "bad.parquet.reason.txt").read_text()
-    assert len(read_table(sentiment_dataset / "quarantine", "quarantine")) == 2
-    assert len(read_table(sentiment_dataset / "unlabeled", "unlabeled")) == len(before)
+    reasons = (inbox / "rejected" / "bad.parquet.reason.txt").read_text().splitlines()
+    assert reasons[0] == res["error"] and reasons[2].startswith("inbox/bad.parquet row 2, column 'question'")
+    after = sorted(p.relative_to(sentiment_dataset) for p in sentiment_dataset.rglob("*"))
+    assert after == sorted(before + [Path(".ingest.lock")])  # the lock file every ingest leaves
 
 
 def test_ingest_refuses_a_directory_that_is_not_a_dataset(tmp_path, capsys):

@@ -1,17 +1,31 @@
 """Backend over an OpenAI-compatible HTTP server (vLLM's `api_server`, llama.cpp's `llama-server`).
 
-    backend = OpenAIBackend("http://127.0.0.1:8000", model="smollm2",
-                            adapters={"/runs/r1/adapter": "r1"})   # served LoRA name per adapter
+    backend = OpenAIBackend("http://127.0.0.1:8000", model="smollm2", api_key=SecretStr("sk-..."),
+                            adapters={"/runs/r1/adapter": "r1"},   # served LoRA name per adapter
+                            deadline=300)                        # seconds per request, retries included
     backend.wait_until_ready(timeout=300)
     gens = backend.generate(chats, Sampling(n=4, temperature=1.0, max_tokens=48, seed=0))
     lp = backend.choice_logprobs(chats, ["A", "B", "C"])        # (len(chats), 3) float32
     backend.unload()                                            # closes connections only
 
-Requests go out over a shared httpx client from a thread pool of `concurrency` workers, each with
-`timeout` seconds. 429, 5xx, connection errors and timeouts are retried `max_retries` times with
-exponential backoff and jitter (honouring a Retry-After header); once retries run out they raise
-`TransientBackendError`, so a Prefect task can retry just those (`retry_condition_fn`). Any other
-4xx raises `BackendRequestError` at once, carrying the server's own message.
+Requests go out over a shared httpx client from a thread pool of `concurrency` workers. This
+backend is the one retry layer: 429, 5xx, connection errors and timeouts are retried with
+exponential backoff and jitter (honouring a Retry-After header) until the request succeeds or its
+`deadline` would pass (seconds, every attempt and backoff included;
+`execution.request_deadline_seconds`); then `TransientBackendError` names the URL, the attempts
+and the last error in one line. No backoff sleeps past the deadline, and each attempt's connect,
+read, write and pool timeouts are cut to the time left, so a dead, silent or always-503 server
+fails the call by its deadline. The body is read chunk by chunk and dropped once the deadline has
+passed (httpx's read timeout restarts at every chunk), so a server trickling its reply overruns by
+one read wait at most. `max_retries` optionally caps the attempts too. Any other 4xx raises
+`BackendRequestError` at once, carrying the server's own message.
+
+Prefect does not retry the task on top (tasks/step.py): that would multiply the budget by its
+attempts, re-send every request of a shard for the one that failed, and make the Prefect flow
+behave unlike the in-process runner. A server down for longer than the deadline fails the run; a
+re-run resumes from the shards already cached.
+
+The API key is a SecretStr (masked in repr, str and dumps), sent only in the Authorization header.
 
 `generate` uses /v1/chat/completions with `logprobs: true`: the returned logprob of each emitted
 token. vLLM's default `--logprobs-mode raw_logprobs` computes them from the raw logits, before
@@ -36,6 +50,7 @@ are read.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -46,6 +61,7 @@ from typing import Any, Mapping, Sequence
 
 import httpx
 import numpy as np
+from pydantic import SecretStr
 
 from semievol_core.backends.base import (
     ANSWER_PREFIX,
@@ -62,10 +78,9 @@ _RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 
 
 class TransientBackendError(RuntimeError):
-    """The server could not be reached or kept failing with 429/5xx/timeouts after every retry.
-
-    Worth retrying later (e.g. a Prefect task retry); `status` is the last HTTP status, or None
-    for a connection error or timeout.
+    """The server could not be reached or kept failing with 429/5xx/timeouts until the request's
+    deadline (or `max_retries`). Worth trying later, once the server is back; `status` is the last
+    HTTP status, or None for a connection error or timeout; `attempts` how many were made.
     """
 
     def __init__(self, message: str, status: int | None = None, attempts: int = 0):
@@ -82,26 +97,28 @@ class BackendRequestError(RuntimeError):
         self.status = status
 
 
-def _server_message(response: httpx.Response) -> str:
-    """The error text a server put in its body: OpenAI/vLLM/llama.cpp `{"error": {"message"}}`,
-    older vLLM `{"message"}`, else the raw body (truncated)."""
+def _server_message(body: bytes) -> str:
+    """The error text a server put in its body, on one line: OpenAI/vLLM/llama.cpp
+    `{"error": {"message"}}`, older vLLM `{"message"}`, else the raw body (truncated)."""
+    text = body.decode("utf-8", "replace")
     try:
-        body = response.json()
+        parsed = json.loads(text)
     except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict):
-        err = body.get("error")
+        parsed = None
+    message = text[:500]
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("message"):
-            return str(body["message"])
-    return response.text[:500]
+            message = str(err["message"])
+        elif isinstance(err, str):
+            message = err
+        elif parsed.get("message"):
+            message = str(parsed["message"])
+    return " ".join(message.split())
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -119,28 +136,37 @@ class OpenAIBackend(Backend):
         self,
         base_url: str,
         model: str,
-        api_key: str | None = None,
+        api_key: SecretStr | str | None = None,
         concurrency: int = 8,
         timeout: float = 120,
-        max_retries: int = 5,
+        max_retries: int | None = None,
         adapters: Mapping[str, str] | None = None,
         tokenizer: str | Path | None = None,
         *,
+        deadline: float = 300.0,
+        connect_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         choice_top_k: int = 20,
     ):
+        """timeout: seconds an attempt may wait for the server between bytes (connect: for the
+        connection); deadline: seconds a request may take, every attempt and backoff included;
+        max_retries: None retries until the deadline."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if max_retries < 0:
+        if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if deadline <= 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
         url = base_url.rstrip("/")
         # Accept both "http://host:port" and "http://host:port/v1" (what OpenAI clients take).
         self.base_url = url if url.endswith("/v1") else url + "/v1"
         self.model = model
-        self.api_key = api_key
+        self.api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.concurrency = concurrency
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.deadline = deadline
         self.max_retries = max_retries
         self.adapters = dict(adapters or {})
         self.tokenizer_path = tokenizer
@@ -158,12 +184,13 @@ class OpenAIBackend(Backend):
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                headers = {"Authorization": f"Bearer {self.api_key.get_secret_value()}"} if self.api_key else {}
                 limits = httpx.Limits(
                     max_connections=self.concurrency, max_keepalive_connections=self.concurrency
                 )
                 self._client = httpx.Client(
-                    headers=headers, timeout=httpx.Timeout(self.timeout), limits=limits
+                    headers=headers, timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                    limits=limits,
                 )
             return self._client
 
@@ -179,47 +206,60 @@ class OpenAIBackend(Backend):
         step = min(self.backoff_max, self.backoff_base * (2**attempt))
         return step / 2 + self._rng.uniform(0, step / 2)
 
+    def _send(self, method: str, url: str, payload: dict[str, Any] | None, deadline: float
+              ) -> tuple[int, httpx.Headers, bytes]:
+        """One attempt: (status, headers, body), every timeout cut to the time left before `deadline`
+        (time.monotonic), the body given up once the deadline passes between two chunks."""
+        left = max(deadline - time.monotonic(), 0.001)
+        timeout = httpx.Timeout(min(self.timeout, left), connect=min(self.connect_timeout, left))
+        with self._http().stream(method, url, json=payload, timeout=timeout) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("deadline passed while reading the body", request=response.request)
+            return response.status_code, response.headers, b"".join(chunks)
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """One API call with retries; returns the decoded JSON body."""
+        """One API call, retried until it succeeds, fails for good or reaches its deadline (see the
+        module docstring); returns the decoded JSON body."""
         url = f"{self.base_url}{path}"
-        last_error = ""
-        last_status: int | None = None
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
+        deadline = time.monotonic() + self.deadline
+        last_error, last_status, attempts = "", None, 0
+        while True:
+            attempts += 1
             delay: float | None = None
             try:
-                response = self._http().request(method, url, json=payload)
+                status, headers, body = self._send(method, url, payload, deadline)
             except httpx.TimeoutException as exc:  # before TransportError: it is a subclass
-                last_error, last_status = f"timed out after {self.timeout}s ({type(exc).__name__})", None
+                last_error, last_status = f"timed out ({type(exc).__name__})", None
             except httpx.TransportError as exc:
                 last_error, last_status = f"connection failed: {type(exc).__name__}: {exc}", None
             else:
-                if response.status_code < 400:
+                if status < 400:
                     try:
-                        return response.json()
+                        return json.loads(body)
                     except ValueError:
                         # A 2xx with a cut-off body: a proxy or server dying mid-reply, transient.
-                        last_error, last_status = "invalid JSON in response", response.status_code
-                elif response.status_code in _RETRY_STATUSES:
-                    last_error = _server_message(response)
-                    last_status = response.status_code
-                    delay = _retry_after(response)
+                        last_error, last_status = "invalid JSON in response", status
+                elif status in _RETRY_STATUSES:
+                    last_error, last_status = _server_message(body), status
+                    delay = _retry_after(headers)
                 else:
-                    raise BackendRequestError(
-                        f"{method} {url} -> HTTP {response.status_code}: {_server_message(response)}",
-                        status=response.status_code,
-                    )
-            if attempt + 1 < attempts:
-                wait = self._backoff(attempt)
-                if delay is not None:  # the server said how long; still capped by backoff_max
-                    wait = min(max(wait, delay), max(self.backoff_max, wait))
-                time.sleep(wait)
-        status = f"HTTP {last_status}: " if last_status else ""
-        raise TransientBackendError(
-            f"{method} {url} failed after {attempts} attempts: {status}{last_error}",
-            status=last_status,
-            attempts=attempts,
-        )
+                    raise BackendRequestError(f"{method} {url} -> HTTP {status}: {_server_message(body)}",
+                                              status=status)
+            wait = self._backoff(attempts - 1)
+            if delay is not None:  # the server said how long; still capped by backoff_max
+                wait = min(max(wait, delay), max(self.backoff_max, wait))
+            out_of_retries = self.max_retries is not None and attempts > self.max_retries
+            if out_of_retries or time.monotonic() + wait >= deadline:
+                break  # waiting would end past the deadline: give up now, not after it
+            time.sleep(wait)
+        tries = f"{attempts} attempt{'s' * (attempts > 1)}"
+        why = f"after {tries}" if out_of_retries else f"within its {self.deadline:g} s deadline ({tries})"
+        status_text = f"HTTP {last_status}: " if last_status else ""
+        raise TransientBackendError(f"{method} {url} failed {why}: {status_text}{' '.join(last_error.split())}",
+                                    status=last_status, attempts=attempts)
 
     def _served_name(self, adapter: str | None) -> str:
         """The `model` field for a request: the base model, or the LoRA adapter's served name."""
