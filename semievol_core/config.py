@@ -137,6 +137,10 @@ class SemiEvolConfig(BaseModel):
     # and H is -log p(answer letter) — one forward pass instead of a decode.
     collaboration_mode: Literal["generate", "choice_logprobs"] = "generate"
     knn_collaborator: bool = False  # add the k neighbours' majority label as one more vote
+    # Rounds: True keeps a shard's responses and justifications once made, whichever warm model
+    # (champion) would answer now, so a night generates only its new rows. False: a new warm
+    # model answers every row again (the weekly refresh).
+    reuse_pseudo_labels: bool = False
 
     # --- 4. self-justification ---
     justify_max_new_tokens: int = Field(default=48, ge=1)

@@ -146,9 +146,19 @@ def _vote(cfg, run: Path, responses: str) -> dict:
     return {"votes": str(steps.vote_step(responses, run / "votes.parquet"))}
 
 
-def _justify(cfg, run: Path, votes: str, responses: str, unlabeled: str, warm: str, answer_type: str) -> dict:
-    return {"justified": str(steps.justify_step(cfg, votes, responses, unlabeled, warm, answer_type,
-                                                run / "justified.parquet"))}
+def _justify(cfg, run: Path, item: list[str], votes: str, responses: str, unlabeled: str, warm: str,
+             answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
+    return {"justified_shards": str(steps.justify_shard(cfg, item, votes, responses, unlabeled, warm, answer_type,
+                                                        run / "justified"))}
+
+
+def _justify_key(cfg: SemiEvolConfig, inputs: dict) -> str:
+    return steps.justification_key(cfg, inputs["item"], inputs["votes"], inputs["responses"], inputs["unlabeled"],
+                                   inputs["warm"])
+
+
+def _collect_justified(cfg, run: Path, justified_shards: list[str]) -> dict:
+    return {"justified": str(steps.collect_justified(justified_shards, run / "justified.parquet"))}
 
 
 def _select(cfg, run: Path, votes: str, justified: str, responses: str, unlabeled: str, labeled: str,
@@ -242,9 +252,11 @@ STEPS: tuple[Step, ...] = (
     Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("knn_collaborator",),
          files=("shards", "labeled", "neighbors")),
     Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
-    Step("justify", _justify, ("votes", "responses", "unlabeled", "warm", "answer_type"), ("justified",),
-         config=("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed"),
-         accelerator=True, files=("votes", "responses", "unlabeled", "warm")),
+    Step("justify", _justify, ("shard_ids", "votes", "responses", "unlabeled", "warm", "answer_type"),
+         ("justified_shards",), config=steps.JUSTIFY_CONFIG, accelerator=True, each="shard_ids", key=_justify_key,
+         keyed_by_content=("item", "votes", "responses", "unlabeled", "warm")),
+    Step("collect-justified", _collect_justified, ("justified_shards",), ("justified",),
+         files=("justified_shards",)),
     Step("select", _select, ("votes", "justified", "responses", "unlabeled", "labeled", "oracle", "answer_type"),
          ("pseudo_labels", "selection"),
          config=("theta", "selection_scope", "class_balance", "source_balance", "agreement", "class_quota"),

@@ -329,10 +329,16 @@ def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
     h.update(cfg.result_key(*GENERATION_CONFIG).encode())
-    h.update(file_digest(warm_adapter).encode())
+    h.update(warm_key(cfg, warm_adapter).encode())
     for uid, q, o in zip(questions["id"], questions["question"], questions["options"]):
         h.update(json.dumps([uid, q, o, [(d.question, d.options, d.answer) for d in demos.get(uid, [])]]).encode())
     return h.hexdigest()
+
+
+def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
+    """The warm model's part of a shard's key: its weights, or, with reuse_pseudo_labels, nothing,
+    so a shard answered once is kept whichever champion labels the next night's rows."""
+    return "any warm model" if cfg.reuse_pseudo_labels else file_digest(warm_adapter)
 
 
 def shard_inputs(ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
@@ -388,12 +394,52 @@ def vote_step(responses: str | Path, out: str | Path) -> Path:
     return save_frame(vote(load_frame(responses)), out)
 
 
-def justify_step(cfg: SemiEvolConfig, votes: str | Path, responses: str | Path, unlabeled: str | Path,
-                 warm_adapter: str | Path, answer_type: str, out: str | Path) -> Path:
-    qs = read_table(unlabeled, "unlabeled")
-    df = justify(get_backend(cfg), load_frame(votes), load_frame(responses), qs, str(warm_adapter),
-                 cfg, answer_type)
-    return save_frame(df, out)
+# The config fields self-justification reads (justification.py).
+JUSTIFY_CONFIG = ("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed")
+
+
+def justification_inputs(ids: Sequence[str], votes: str | Path, responses: str | Path,
+                         unlabeled: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One shard's votes, responses and questions."""
+    ids = list(ids)
+    vt, resp = load_frame(votes), load_frame(responses)
+    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[ids].reset_index()
+    return vt[vt["unlabeled_id"].isin(ids)], resp[resp["unlabeled_id"].isin(ids)], qs
+
+
+def justification_key(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
+                      unlabeled: str | Path, warm_adapter: str | Path) -> str:
+    """Everything one shard's justifications depend on: its questions, their votes and responses,
+    the warm model (steps.warm_key), the settings, the code version. Other shards' rows do not
+    enter, so an old question is not justified again when new rows arrive."""
+    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
+    h = hashlib.sha256()
+    h.update(CODE_VERSION.encode())
+    h.update(cfg.result_key(*JUSTIFY_CONFIG).encode())
+    h.update(warm_key(cfg, warm_adapter).encode())
+    for frame in (vt, resp[["unlabeled_id", "model", "answer", "text"]], qs[["id", "question", "options"]]):
+        h.update(frame.to_json(orient="values").encode())
+    return h.hexdigest()
+
+
+def justify_shard(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
+                  unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, shard_dir: str | Path) -> Path:
+    """The warm model's decisions on one shard's disputed questions, one file named by its key
+    (justification_key): a shard already on disk is not justified again."""
+    key = justification_key(cfg, ids, votes, responses, unlabeled, warm_adapter)
+    out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
+    if out.exists():
+        return out
+    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
+    return save_frame(justify(get_backend(cfg), vt, resp, qs, str(warm_adapter), cfg, answer_type), out)
+
+
+def collect_justified(shard_files: Sequence[str | Path], out: str | Path) -> Path:
+    from .justification import JUSTIFIED_COLUMNS
+
+    frames = [f for f in map(load_frame, shard_files) if len(f)]
+    return save_frame(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=JUSTIFIED_COLUMNS),
+                      out)
 
 
 def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,

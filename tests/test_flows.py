@@ -97,8 +97,8 @@ def base_run(tiny_model_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_first_run_executes_every_step_once(base_run):
     first = base_run["first"]
-    assert first.count("generate") == 3
-    for label in ("prepare", "train-warm", "collect", "vote", "justify", "select",
+    assert first.count("generate") == 3 and first.count("justify") == 3  # one task run per shard
+    for label in ("prepare", "train-warm", "collect", "vote", "collect-justified", "select",
                   "train-final", "evaluate-semievol", "evaluate-vanilla"):
         assert first.count(label) == 1, label
     report = json.loads((base_run["out"] / "report.json").read_text())
@@ -162,7 +162,7 @@ def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, ta
     # names a person can read in the UI: the flow run by date and dataset, task runs by what they do
     assert any(re.fullmatch(r"evolve-\d{4}-\d{2}-\d{2}-data", r.name) for r in flow_runs)
     assert task_names >= {"prepare", "train-warm", "embed-unlabeled", "retrieve-test", "generate-1/3",
-                          "generate-3/3", "justify", "select", "train-final", "evaluate-sft",
+                          "generate-3/3", "justify-2/3", "select", "train-final", "evaluate-sft",
                           "evaluate-semievol", "evaluate-knn_vote"}
     # the selected classes by name (the questions all offer negative/neutral/positive)
     assert all(k[0] in "ABC" and k[1:3] == " (" for k in report["selection"]["selected_class_counts"])

@@ -1,0 +1,51 @@
+"""Rounds on accumulating rows (issue 11): the champion labels the pool, and a night generates and
+justifies only the shards whose rows are new; `reuse_pseudo_labels: false` (the refresh) answers
+every row again with the new warm model. Tiny random Llama, the in-process executor."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from conftest import sentiment_rows
+from semievol_core.config import SemiEvolConfig
+from semievol_core.data import append_part, split_oracle
+from semievol_core.pipeline import run_semievol
+from semievol_core.registry import Registry
+
+
+def _cfg(model, **over) -> SemiEvolConfig:
+    return SemiEvolConfig(model=str(model), train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
+                          collaboration_mode="choice_logprobs", eval_mode="choice_logprobs", bootstrap_samples=200,
+                          knn_collaborator=True, reuse_pseudo_labels=True, warm_from="champion",
+                          final_training="continue_union", execution={"progress": False, "shard_size": 4}, **over)
+
+
+def _shards(run, kind) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in (run / kind).glob("shard-*.parquet")}
+
+
+def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_dir, sentiment_dataset, tmp_path):
+    run, reg = tmp_path / "nightly", Registry(tmp_path / "registry")
+    cfg = _cfg(tiny_model_dir)
+    run_semievol(sentiment_dataset, run, cfg, systems=["sft", "semievol"], registry=reg.root)
+    # night 0 had no champion: the SFT labelled the pool; make its SemiEvol adapter the champion
+    first = reg.records()[0]["id"]
+    reg.promote(first)
+    night0 = {kind: _shards(run, kind) for kind in ("responses", "justified")}
+    assert len(night0["responses"]) == len(night0["justified"]) == 3  # 10 rows in shards of 4
+
+    # 3 new rows arrive: rows 0-7 keep their shards; rows 8-9 share a shard with new rows
+    unl, _ = split_oracle(pd.DataFrame(sentiment_rows(3, offset=5000)))
+    append_part(unl, sentiment_dataset / "unlabeled", "unlabeled")
+    report = run_semievol(sentiment_dataset, run, cfg, systems=["sft", "semievol"], registry=reg.root)
+    for kind in ("responses", "justified"):
+        now = _shards(run, kind)
+        assert all(now.get(k) == v for k, v in night0[kind].items()), kind  # nothing answered again
+        assert len(now) == 3 + 2, kind  # new: shard 3 (rows 8-11) and shard 4 (row 12)
+    assert report["selection"]["n_unlabeled"] == 13
+    assert report["gate"]["against"] == "champion"  # the challenger met the champion
+
+    # the weekly refresh: every row answered again by the champion
+    refresh = cfg.model_copy(update={"reuse_pseudo_labels": False})
+    run_semievol(sentiment_dataset, run, refresh, systems=["sft", "semievol"], registry=reg.root)
+    assert len(_shards(run, "responses")) == 5 + 4  # 4 new shard files: 13 rows in shards of 4
