@@ -120,6 +120,9 @@ class SemiEvolConfig(BaseModel):
     # run's SFT, or the adapter registry's champion when there is one (rounds, paper Fig. 7: the
     # latest adapter labels the next night's rows).
     warm_from: Literal["sft", "champion"] = "sft"
+    # Optimizer updates of the final fine-tune (None: train.max_steps, as for the warm SFT). A
+    # continued fine-tune starts from a converged adapter and needs fewer.
+    final_max_steps: int | None = Field(default=None, ge=1)
     # Weight of a pseudo-label's loss relative to a gold label's in the final fine-tune (1: equal,
     # the paper). The loss stays normalised by the token count, so < 1 also shrinks their steps.
     pseudo_weight: float = Field(default=1.0, gt=0.0, le=1.0)

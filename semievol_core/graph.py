@@ -176,6 +176,8 @@ def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, un
         tables, start = [], warm
     else:  # "continue_union": continue the warm adapter on labeled + pseudo-labels
         tables, start = [(labeled, "labeled")], warm
+    if cfg.final_max_steps is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": cfg.final_max_steps})})
     return {"semievol_adapter": str(steps.train_adapter(cfg, tables, run / "semievol_adapter", init_adapter=start,
                                                         pseudo_labels=pseudo_labels, unlabeled=unlabeled))}
 
@@ -262,7 +264,7 @@ STEPS: tuple[Step, ...] = (
          config=("theta", "selection_scope", "class_balance", "source_balance", "agreement", "class_quota"),
          files=("votes", "justified", "responses", "unlabeled", "labeled", "oracle")),
     Step("train-final", _train_final, ("labeled", "warm", "pseudo_labels", "unlabeled"), ("semievol_adapter",),
-         config=(*TRAIN_CONFIG, "final_training"), accelerator=True,
+         config=(*TRAIN_CONFIG, "final_training", "final_max_steps"), accelerator=True,
          files=("labeled", "warm", "pseudo_labels", "unlabeled")),
     *(_evaluate_step(system) for system in SYSTEMS),
     Step("evaluate-champion", _evaluate_champion, ("test", "answer_type", "champion"),

@@ -1,0 +1,136 @@
+"""Continuous evolution on FPB: nightly rounds on accumulating logs, through the CLI, as a user runs it.
+
+    .venv/bin/python bench/continuous.py --nights 5          # ~15 min a night on 2 CPU cores
+    .venv/bin/python bench/continuous.py --report            # rewrite the .md from the JSON
+
+Night 0: a dataset with 64 labeled rows (class-stratified, seed 0), the first 200 of FPB's 1,357
+unlabeled rows and all 453 test rows. Each later night, 230 more unlabeled rows arrive as a CSV in
+an inbox (question and options only) and go in through `semievol ingest`; then
+`semievol evolve` runs the recommended recipe as rounds (`warm_from: champion`,
+`reuse_pseudo_labels: true`, the SemiEvol adapter continued from the warm model on labeled +
+pseudo-labels) into one run directory, with the registry in the dataset. Per night:
+the champion's accuracy with its 95% CI, the gate's decision and p, new rows, generation and
+justification seconds, and generation seconds per new row. Results: bench/results/continuous.json
+and .md; runs under bench/runs/continuous/ (git-ignored; removed at night 0 unless --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from label_efficiency import full_dataset, stratified
+from quality import machine
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "runs" / "continuous"
+OUT_JSON = HERE / "results" / "continuous.json"
+FIRST, PER_NIGHT, LABELED = 200, 230, 64
+ROUNDS = ["--set", "warm_from=champion", "--set", "reuse_pseudo_labels=true",
+          "--set", "final_training=continue_union"]
+
+
+def night0() -> tuple[Path, list]:
+    """The dataset of night 0 and the unlabeled rows still to arrive, in FPB's order."""
+    from semievol_core.data import read_table, write_table
+
+    src, data = full_dataset(), WORK / "data"
+    data.mkdir(parents=True)
+    write_table(stratified(read_table(src / "labeled.parquet", "labeled"), LABELED, 0), data / "labeled.parquet",
+                "labeled")
+    for name in ("test.parquet", "oracle.parquet"):
+        shutil.copy(src / name, data / name)
+    unlabeled = read_table(src / "unlabeled", "unlabeled")
+    write_table(unlabeled.iloc[:FIRST].reset_index(drop=True), data / "unlabeled" / "part-00000.parquet",
+                "unlabeled")
+    rest = unlabeled.iloc[FIRST:].reset_index(drop=True)
+    return data, [rest.iloc[i:i + PER_NIGHT] for i in range(0, len(rest), PER_NIGHT)]
+
+
+def semievol(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([str(ROOT / ".venv" / "bin" / "semievol"), *args], check=True, cwd=ROOT)
+    return round(time.perf_counter() - t0, 1)
+
+
+def arrive(rows, night: int) -> Path:
+    """The night's new logs as an inbox CSV: id, question, options (JSON) and no answer."""
+    import pandas as pd
+
+    inbox = WORK / "inbox"
+    inbox.mkdir(exist_ok=True)
+    path = inbox / f"logs-night{night}.csv"
+    pd.DataFrame({"id": rows["id"], "question": rows["question"],
+                  "options": [json.dumps(list(o)) for o in rows["options"]]}).to_csv(path, index=False)
+    return inbox
+
+
+def run_night(data: Path, night: int, new_rows: int) -> dict:
+    run = WORK / "nightly"
+    wall = semievol("evolve", "--data", str(data), "--out", str(run), "--config",
+                    str(ROOT / "deployments" / "configs" / "recommended.yaml"), *ROUNDS,
+                    "--systems", "sft,semievol", "--no-progress")
+    report = json.loads((run / "report.json").read_text())
+    gate, reg, t = report["gate"], report["registry"], report["timings"]
+    champion = report["systems"]["semievol"] if reg["promoted"] else (
+        json.loads((data / "registry" / "adapters" / reg["champion"] / "record.json").read_text())["metrics"]
+        if reg["champion"] else report["systems"]["sft"])
+    gen = round(t.get("generate", 0.0), 1)
+    return {"night": night, "new_rows": new_rows, "unlabeled": report["selection"]["n_unlabeled"],
+            "wall_s": wall, "generate_s": gen, "justify_s": round(t.get("justify", 0.0), 1),
+            "generate_s_per_new_row": round(gen / new_rows, 3) if new_rows else None,
+            "champion": reg["champion"], "promoted": reg["promoted"], "champion_accuracy": champion["accuracy"],
+            "champion_ci": [champion["ci_low"], champion["ci_high"]], "sft_accuracy": report["systems"]["sft"]["accuracy"],
+            "semievol_accuracy": report["systems"]["semievol"]["accuracy"], "gate_against": gate["against"],
+            "gate_difference": gate["difference"], "gate_p": gate["mcnemar_p"],
+            "selected": report["selection"]["n_selected"],
+            "selected_accuracy": report["selection"].get("pseudo_label_accuracy")}
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Continuous evolution on FPB (64 labels, +230 unlabeled rows a night, 453 test)", "",
+             "| night | new rows | unlabeled | champion acc % (95% CI) | promoted | gate vs | diff | p | "
+             "selected (acc %) | generate s | s / new row |", "|---:|---:|---:|---|---|---|---:|---:|---|---:|---:|"]
+    for r in data["nights"]:
+        lo, hi = r["champion_ci"]
+        acc = "—" if r["selected_accuracy"] is None else f"{100 * r['selected_accuracy']:.1f}"
+        lines.append(f"| {r['night']} | {r['new_rows']} | {r['unlabeled']} | {100 * r['champion_accuracy']:.1f} "
+                     f"({100 * lo:.1f}–{100 * hi:.1f}) | {'yes' if r['promoted'] else 'no'} | {r['gate_against']} | "
+                     f"{100 * r['gate_difference']:+.1f} | {r['gate_p']:.3g} | {r['selected']} ({acc}) | "
+                     f"{r['generate_s']} | {r['generate_s_per_new_row']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(data: dict) -> None:
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(data, indent=2) + "\n")
+    OUT_JSON.with_suffix(".md").write_text(markdown(data))
+    print(markdown(data))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nights", type=int, default=5, help="nights to run, night 0 included")
+    ap.add_argument("--report", action="store_true", help="only rewrite the .md")
+    args = ap.parse_args()
+    if args.report:
+        write(json.loads(OUT_JSON.read_text()))
+        return
+    shutil.rmtree(WORK, ignore_errors=True)
+    data, batches = night0()
+    result = {"machine": machine(), "model": "smollm2-135m-instruct", "nights": []}
+    for night in range(args.nights):
+        new = FIRST if night == 0 else len(batches[night - 1])
+        if night > 0:
+            semievol("ingest", str(arrive(batches[night - 1], night)), "--into", str(data))
+        result["nights"].append(run_night(data, night, new))
+        write(result)  # a result lands after every night
+
+
+if __name__ == "__main__":
+    main()
