@@ -227,7 +227,7 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
     if gold_only:  # the converged-SFT baseline alone (the recipe run's SFT + `steps` updates)
         arms = {f"sft{sfx}_plus{steps}": None}
     elif oracle:
-        arms.update({f"oracle_{w}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
+        arms.update({f"oracle_{w}{sfx}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
     out, preds = [], {}
     for system, pseudo in arms.items():
         t0 = time.perf_counter()

@@ -47,15 +47,19 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
     `gate`: register the SemiEvol adapter in `registry` (default `<data_dir>/registry`) and promote
     it only if the promotion gate passes (semievol_core/gate.py)."""
     log = get_run_logger()
-    reg = Registry(registry or Path(data_dir) / "registry") if gate and "semievol" in systems else None
-    todo = graph.plan(systems, gate=reg is not None)
+    gate = gate and "semievol" in systems
+    # The registry is read for its champion (warm_from: champion) even when nothing is promoted.
+    reg = Registry(registry or Path(data_dir) / "registry") \
+        if gate or registry or config.warm_from == "champion" else None
+    todo = graph.plan(systems, gate=gate)
     out = Path(out_dir).resolve()
     # One run per directory (created by the lock): a second one fails at once (atomic.LockHeld).
     with run_dir_lock(out):
         ensure_gpu_limit(log)
         runner, timings = StepRunner(config, out, log), {}
         values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, timings)
-        report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds, registry=reg)
+        report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds,
+                                     registry=reg if gate else None)
         log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",
                  sorted(set(runner.executed)) or "none")
 

@@ -90,6 +90,9 @@ def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # the bytes are on disk before the name is: a power cut never
+            if f.is_file():        # leaves a published directory of empty files
+                fsync_file(f)
         if replace:
             _swap_in(tmp, path)
         else:

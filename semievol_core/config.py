@@ -169,7 +169,7 @@ class SemiEvolConfig(BaseModel):
     # A challenger adapter becomes champion only if McNemar's exact p < gate_alpha AND it gains at
     # least gate_min_gain accuracy points over the champion (over SFT when there is none yet).
     gate_alpha: float = Field(default=0.05, gt=0.0, le=1.0)
-    gate_min_gain: float = 0.0
+    gate_min_gain: float = Field(default=0.0, ge=0.0)  # points; below 0 a worse model could ship
 
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

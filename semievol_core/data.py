@@ -124,7 +124,24 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
     return path
 
 
-def _parts(path: Path) -> list[Path]:
+def write_table_parts(frames: list[pd.DataFrame], path: str | Path, kind: str) -> Path:
+    """Like write_table, for a table made of parts: one Parquet row group per part, so readers can
+    tell where the parts were (row_group_sizes); generation shards never straddle two parts."""
+    path = Path(path)
+    tables = [_to_arrow(df, kind, path) for df in frames if len(df)] or [_to_arrow(empty_frame(kind), kind, path)]
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, tables[0].schema) as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=max(1, len(table)))
+    return path
+
+
+def row_group_sizes(path: str | Path) -> list[int]:
+    """Rows per row group of a Parquet file (per part, for tables written by write_table_parts)."""
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def table_parts(path: Path) -> list[Path]:
     """The Parquet files making up a table: the file itself, or a directory's parts by name."""
     if path.is_dir():
         # hidden names are temp files of writes in progress, not parts
@@ -162,7 +179,7 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     _check_kind(kind)
     schema = SCHEMAS[kind]
     tables = []
-    for part in _parts(Path(path)):
+    for part in table_parts(Path(path)):
         table = read_parquet(part)
         for name in schema.names:
             if name not in table.column_names:
@@ -188,7 +205,7 @@ def append_part(df: pd.DataFrame, directory: str | Path, kind: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     table = _to_arrow(df, kind, directory / "part-?????.parquet")
-    existing = _parts(directory)
+    existing = table_parts(directory)
     if "id" in table.column_names and existing:
         new_ids = {v: i for i, v in enumerate(table.column("id").to_pylist(), start=1)}
         for part in existing:
@@ -215,7 +232,7 @@ def table_fingerprint(path: str | Path) -> str:
     """sha256 over the parts' names and bytes, in sorted order. Parquet writes are deterministic,
     so re-writing the same content keeps the fingerprint; any change of content changes it."""
     digest = hashlib.sha256()
-    for part in _parts(Path(path)):
+    for part in table_parts(Path(path)):
         digest.update(f"{part.name}\0{part.stat().st_size}\0".encode())
         with open(part, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -274,7 +291,7 @@ def check_forms(data_dir: str | Path) -> None:
     multiple_choice = is_multiple_choice(read_table(d / "labeled.parquet", "labeled")["options"])
     if multiple_choice is None:
         return
-    tables = [(part, "unlabeled") for part in _parts(d / "unlabeled")] if (
+    tables = [(part, "unlabeled") for part in table_parts(d / "unlabeled")] if (
         d / "unlabeled").is_dir() else []
     for path, kind in tables + [(d / "test.parquet", "test")]:
         for i, options in enumerate(read_table(path, kind)["options"], start=1):

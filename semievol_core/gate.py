@@ -44,15 +44,17 @@ def decide(challenger: str | Path, baseline: str | Path, against: str, alpha: fl
             "reason": reason}
 
 
-def apply(registry: Registry, decision: dict, adapter: str | Path, facts: dict) -> dict:
+def apply(registry: Registry, decision: dict, adapter: str | Path, facts: dict, gated_against: str | None) -> dict:
     """Register the challenger (lineage, table digests, config, metrics) and promote or reject it.
-    Returns {"id", "champion", "promoted"}. The same adapter bytes are registered once; a
-    challenger that is already the champion is left as it is."""
+    Returns {"id", "champion", "promoted", "path"}. The same adapter bytes are registered once;
+    a challenger that is the champion already is left as it is, and one that was champion before
+    (replaced, or rolled back by an operator) comes back only by hand. `gated_against`: the
+    champion id the gate compared with (None: none); promotion is refused if it changed since."""
     rec = registry.register(adapter, **facts, decision=decision)
-    if registry.champion_id() == rec["id"]:
+    if registry.champion_id() == rec["id"] or registry.was_champion(rec["id"]):
         promoted = False
     elif decision["promote"]:
-        promoted = registry.promote(rec["id"], decision)
+        promoted = registry.promote(rec["id"], decision, expected=gated_against)
     else:
         registry.reject(rec["id"], decision)
         promoted = False

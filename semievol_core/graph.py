@@ -135,7 +135,7 @@ def _shard_key(cfg: SemiEvolConfig, inputs: dict) -> str:
     """A shard's own generation key (steps.shard_generation_key): rows appended to the table later
     do not change it, so the shards generated before stay cached when the dataset grows."""
     return steps.shard_generation_key(cfg, inputs["item"], inputs["unlabeled"], inputs["labeled"],
-                                      inputs["neighbors"], inputs["warm"])
+                                      inputs["neighbors"], inputs["warm"], inputs["answer_type"])
 
 
 def _collect(cfg, run: Path, shards: list[str], labeled: str, neighbors: str) -> dict:
@@ -154,7 +154,7 @@ def _justify(cfg, run: Path, item: list[str], votes: str, responses: str, unlabe
 
 def _justify_key(cfg: SemiEvolConfig, inputs: dict) -> str:
     return steps.justification_key(cfg, inputs["item"], inputs["votes"], inputs["responses"], inputs["unlabeled"],
-                                   inputs["warm"])
+                                   inputs["warm"], inputs["answer_type"])
 
 
 def _collect_justified(cfg, run: Path, justified_shards: list[str]) -> dict:
@@ -246,7 +246,8 @@ STEPS: tuple[Step, ...] = (
          files=("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled")),
     Step("retrieve-test", _retrieve_test, ("test", "vecs_test", "labeled", "vecs_labeled"), ("test_neighbors",),
          config=("k_demos",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
-    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_ids",), files=("unlabeled",)),
+    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_ids",), files=("unlabeled",),
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size}"),  # execution, yet it sets the plan
     Step("generate", _generate, ("shard_ids", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
          ("shards",), accelerator=True, each="shard_ids", key=_shard_key,
          keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),
@@ -403,9 +404,9 @@ def execute(todo: Sequence[Step], values: dict, call: Call, timings: dict[str, f
 def sources(data_dir: str | Path, limits: steps.Limits, registry: "Registry | None") -> dict:
     """The values a walk starts from: the dataset, the sample limits, the registry's champion
     (its adapter directory, resolved, so a later promotion never changes what this run read)."""
-    champion = registry.champion_path() if registry is not None else None
+    cid = registry.champion_id() if registry is not None else None
     return {"data_dir": str(data_dir), "limits": limits.model_dump(),
-            "champion": str(champion.resolve()) if champion else None}
+            "champion": str((registry.adapters / cid).resolve()) if cid else None}
 
 
 def call_in_process(cfg: SemiEvolConfig, run_dir: Path) -> Call:
@@ -444,4 +445,6 @@ def _promote_or_keep(registry: "Registry", run_dir: Path, cfg: SemiEvolConfig, v
     tables = {name: table_fingerprint(values[name]) for name in ("labeled", "unlabeled", "test")}
     facts = {"run": str(Path(run_dir).resolve()), "round": len(registry.records()) + 1, "tables": tables,
              "config": cfg.result_fields(), "metrics": values.get("metrics_semievol")}
-    return apply(registry, values["gate"], values["semievol_adapter"], facts)
+    champion = values.get("champion")  # resolved: <registry>/adapters/<id>, or None
+    return apply(registry, values["gate"], values["semievol_adapter"], facts,
+                 gated_against=Path(champion).name if champion else None)

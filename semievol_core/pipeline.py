@@ -35,4 +35,4 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
     timings: dict[str, float] = {}
     with run_dir_lock(out):  # one run per directory: a second one fails at once (atomic.LockHeld)
         values = graph.execute(todo, graph.sources(data_dir, limits, reg), graph.call_in_process(cfg, out), timings)
-        return graph.finish(out, cfg, values, systems, timings, registry=reg)[0]
+        return graph.finish(out, cfg, values, systems, timings, registry=reg if "semievol" in systems else None)[0]

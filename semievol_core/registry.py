@@ -59,9 +59,11 @@ class Registry:
         path = self.root / EVENTS
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        # A torn last line (a crash mid-append) is not an event: the append never completed.
-        return [json.loads(line) for line in lines if line.strip() and line.rstrip().endswith("}")]
+        text = path.read_text(encoding="utf-8")
+        # Only newline-terminated lines are events: a crash mid-append leaves a torn last line
+        # without its newline, and the next _append cuts it off before writing.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def _stack(self) -> list[str]:
         stack: list[str] = []
@@ -121,16 +123,25 @@ class Registry:
             self._append({"event": "registered", "id": adapter_id})
             return rec
 
-    def promote(self, adapter_id: str, decision: dict | None = None) -> bool:
-        """Make `adapter_id` the champion; False if it already is."""
+    def promote(self, adapter_id: str, decision: dict | None = None, expected: str | None | bool = False) -> bool:
+        """Make `adapter_id` the champion; False if it already is. `expected`: the champion the
+        gate compared against (None: there was none); if another run or a hand promotion has
+        changed the champion since, the gate's decision is stale and RegistryError is raised."""
         with self._locked():
             self.record(adapter_id)
             if self.champion_id() == adapter_id:
                 return False
+            if expected is not False and self.champion_id() != expected:
+                raise RegistryError(f"{self.root}: the champion changed to {self.champion_id()} while this run "
+                                    f"was gated against {expected or 'no champion'}; not promoted")
             self._append({"event": "promoted", "id": adapter_id, "previous": self.champion_id(),
                           "decision": decision})
             self._sync_link()
             return True
+
+    def was_champion(self, adapter_id: str) -> bool:
+        """`adapter_id` has been champion before (and was replaced or rolled back since)."""
+        return any(e["event"] == "promoted" and e["id"] == adapter_id for e in self.history())
 
     def reject(self, adapter_id: str, decision: dict | None = None) -> None:
         """Record that `adapter_id` lost its gate; the champion is left as it is (once per id)."""
@@ -159,10 +170,17 @@ class Registry:
             yield
 
     def _append(self, event: dict) -> None:
-        """One line, fsynced before the caller moves the link (see the module docstring)."""
+        """One line, fsynced before the caller moves the link (see the module docstring). A torn
+        line a crashed writer left (no newline) is cut off first, under the lock."""
         path = self.root / EVENTS
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({**event, "at": _now(), "pid": os.getpid()}, default=str) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fh.seek(0)
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+            fh.seek(0, os.SEEK_END)
+            fh.write((json.dumps({**event, "at": _now(), "pid": os.getpid()}, default=str) + "\n").encode())
         fsync_file(path)
 
     def _sync_link(self) -> None:

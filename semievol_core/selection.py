@@ -80,7 +80,7 @@ def knn_agreement(pseudo: pd.DataFrame, responses: pd.DataFrame) -> pd.Series:
 def _eligible(pseudo: pd.DataFrame, responses: pd.DataFrame, agreement: str) -> tuple[pd.Series, pd.Series]:
     """(parsed, eligible): rule 1's survivors, and rules 1-2's survivors."""
     parsed = pseudo["answer"].notna()
-    if agreement == "none":
+    if agreement == "none" or pseudo.empty:  # no rows: nothing to compare with the kNN vote
         return parsed, parsed
     if not (responses["model"] == "knn").any():
         raise ValueError("agreement 'knn' needs the kNN label vote in the responses (knn_collaborator: true)")

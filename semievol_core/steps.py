@@ -40,7 +40,7 @@ from .atomic import atomic_path, exclusive_lock
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
 from .config import SemiEvolConfig, resolve_api_key
-from .data import atomic_write_parquet, read_table, write_table
+from .data import atomic_write_parquet, read_table, table_parts, write_table, write_table_parts
 from .evaluation import metrics, predict
 from .justification import justify
 from .propagation import knn_label_vote, retrieve_neighbors
@@ -89,8 +89,9 @@ def file_digest(*paths: str | Path) -> str:
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_key.txt"):
-                continue  # run metadata (timings, the training key), not the content itself
+            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_key.txt",
+                                                    "train_config.json"):
+                continue  # run metadata (timings, the training key, paths as given), not the weights
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -186,7 +187,12 @@ def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Lim
         raise ValueError(f"{data_dir}: the labeled table is empty; the method needs labeled examples")
     check_forms(data_dir)
     write_table(_sample(ds.labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
-    write_table(_sample(ds.unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
+    unlabeled_dir = Path(data_dir) / "unlabeled"
+    if limits.unlabeled is None and unlabeled_dir.is_dir():  # part by part: shards stay within a part
+        write_table_parts([read_table(p, "unlabeled") for p in table_parts(unlabeled_dir)], out / "unlabeled.parquet",
+                          "unlabeled")
+    else:
+        write_table(_sample(ds.unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
     write_table(_sample(ds.test, limits.test, seed), out / "test.parquet", "test")
     if ds.oracle is not None:
         write_table(ds.oracle, out / "oracle.parquet", "oracle")
@@ -311,10 +317,15 @@ def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, lis
 
 # ---------------------------------------------------------------------------- 3. collaboration
 def shard_plan(unlabeled: str | Path, shard_size: int) -> list[list[str]]:
-    """Question ids per generation shard, in table order: rows appended later (new parts) land in
-    new shards, so the shards of rows generated before keep their content and their cache keys."""
+    """Question ids per generation shard, in table order, never across two parts of the dataset's
+    unlabeled/ (the run's copy keeps one row group per part): rows appended later (a new part)
+    land in new shards, so every shard of rows answered before keeps its content and its key."""
+    from .data import row_group_sizes
+
     ids = read_table(unlabeled, "unlabeled")["id"].tolist()
-    return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
+    bounds = np.cumsum([0, *row_group_sizes(unlabeled)]) if Path(unlabeled).is_file() else [0, len(ids)]
+    return [ids[i : min(i + shard_size, end)] for start, end in zip(bounds[:-1], bounds[1:])
+            for i in range(int(start), int(end), shard_size)]
 
 
 # The config fields a shard's responses depend on (collaboration.py reads these).
@@ -323,12 +334,13 @@ GENERATION_CONFIG = ("model", "seed", "system_prompt", "k_demos", "n_collaborato
 
 
 def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.DataFrame,
-                   demos: dict[str, list[Demo]]) -> str:
+                   demos: dict[str, list[Demo]], answer_type: str) -> str:
     """Everything a shard's responses depend on: its questions and demos, the warm adapter's
     weights, the generation settings, the code version. Execution settings are left out."""
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
     h.update(cfg.result_key(*GENERATION_CONFIG).encode())
+    h.update(answer_type.encode())  # the resolved type ("auto" in the config decides nothing alone)
     h.update(warm_key(cfg, warm_adapter).encode())
     for uid, q, o in zip(questions["id"], questions["question"], questions["options"]):
         h.update(json.dumps([uid, q, o, [(d.question, d.options, d.answer) for d in demos.get(uid, [])]]).encode())
@@ -351,9 +363,9 @@ def shard_inputs(ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
 
 
 def shard_generation_key(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
-                         neighbors: str | Path, warm_adapter: str | Path) -> str:
+                         neighbors: str | Path, warm_adapter: str | Path, answer_type: str) -> str:
     """generation_key of one shard: rows appended to the tables later do not change it."""
-    return generation_key(cfg, warm_adapter, *shard_inputs(ids, unlabeled, labeled, neighbors))
+    return generation_key(cfg, warm_adapter, *shard_inputs(ids, unlabeled, labeled, neighbors), answer_type)
 
 
 def collaborators_of(cfg: SemiEvolConfig):
@@ -367,7 +379,7 @@ def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Pat
     its generation key: a shard already on disk is not generated again (resume after a crash).
     on_progress(fraction of the shard done) is called as collaborator groups finish."""
     qs, demos = shard_inputs(ids, unlabeled, labeled, neighbors)
-    key = generation_key(cfg, warm_adapter, qs, demos)
+    key = generation_key(cfg, warm_adapter, qs, demos, answer_type)
     out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
     if out.exists():
         return out
@@ -408,7 +420,7 @@ def justification_inputs(ids: Sequence[str], votes: str | Path, responses: str |
 
 
 def justification_key(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
-                      unlabeled: str | Path, warm_adapter: str | Path) -> str:
+                      unlabeled: str | Path, warm_adapter: str | Path, answer_type: str) -> str:
     """Everything one shard's justifications depend on: its questions, their votes and responses,
     the warm model (steps.warm_key), the settings, the code version. Other shards' rows do not
     enter, so an old question is not justified again when new rows arrive."""
@@ -416,6 +428,7 @@ def justification_key(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
     h.update(cfg.result_key(*JUSTIFY_CONFIG).encode())
+    h.update(answer_type.encode())
     h.update(warm_key(cfg, warm_adapter).encode())
     for frame in (vt, resp[["unlabeled_id", "model", "answer", "text"]], qs[["id", "question", "options"]]):
         h.update(frame.to_json(orient="values").encode())
@@ -426,7 +439,7 @@ def justify_shard(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, re
                   unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, shard_dir: str | Path) -> Path:
     """The warm model's decisions on one shard's disputed questions, one file named by its key
     (justification_key): a shard already on disk is not justified again."""
-    key = justification_key(cfg, ids, votes, responses, unlabeled, warm_adapter)
+    key = justification_key(cfg, ids, votes, responses, unlabeled, warm_adapter, answer_type)
     out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
     if out.exists():
         return out

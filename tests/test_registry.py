@@ -80,7 +80,7 @@ def test_a_crash_between_the_event_and_the_link_is_repaired_by_the_next_reader(t
     assert again.champion_id() == b and _link(again) == f"adapters/{b}"
 
 
-def test_a_crash_while_registering_leaves_no_record_and_a_torn_event_is_ignored(tmp_path, monkeypatch):
+def test_a_crash_while_registering_leaves_no_record(tmp_path, monkeypatch):
     reg = Registry(tmp_path / "reg")
     a = reg.register(_adapter(tmp_path, "a"))["id"]
     reg.promote(a)
@@ -90,9 +90,6 @@ def test_a_crash_while_registering_leaves_no_record_and_a_torn_event_is_ignored(
     monkeypatch.undo()
     assert [r["id"] for r in reg.records()] == [a]  # the half copy is a hidden temp, then gone
     assert not [p for p in (reg.root / "adapters").iterdir() if p.name.startswith(".")]
-    with open(reg.root / "events.jsonl", "a") as fh:  # a process killed in the middle of a line
-        fh.write('{"event": "promoted", "id": "x')
-    assert Registry(tmp_path / "reg").champion_id() == a
 
 
 def test_two_processes_promoting_at_once_keep_one_consistent_history(tmp_path):
@@ -139,10 +136,35 @@ def test_the_gate_promotes_only_a_significant_gain_of_at_least_min_gain(tmp_path
 
 def test_apply_records_the_decision_and_leaves_a_losing_challengers_champion(tmp_path):
     reg = Registry(tmp_path / "reg")
-    won = apply(reg, {"promote": True, "reason": "r"}, _adapter(tmp_path, "a"), {"round": 1})
+    yes, no = {"promote": True, "reason": "r"}, {"promote": False, "reason": "r"}
+    won = apply(reg, yes, _adapter(tmp_path, "a"), {"round": 1}, gated_against=None)
     assert won["promoted"] and won["champion"] == won["id"]
-    lost = apply(reg, {"promote": False, "reason": "r"}, _adapter(tmp_path, "b"), {"round": 2})
+    lost = apply(reg, no, _adapter(tmp_path, "b"), {"round": 2}, gated_against=won["id"])
     assert not lost["promoted"] and lost["champion"] == won["id"]
-    same = apply(reg, {"promote": True, "reason": "r"}, tmp_path / "a", {"round": 3})  # the champion again
+    same = apply(reg, yes, tmp_path / "a", {"round": 3}, gated_against=won["id"])  # the champion again
     assert same == {**won, "promoted": False}
-    assert reg.record(lost["id"])["decision"] == {"promote": False, "reason": "r"}
+    assert reg.record(lost["id"])["decision"] == no
+    # a decision taken against a champion that has changed since is not applied
+    c = reg.register(_adapter(tmp_path, "c"))["id"]
+    with pytest.raises(RegistryError, match="champion changed"):
+        apply(reg, yes, tmp_path / "c", {}, gated_against=None)
+    assert reg.champion_id() == won["id"]
+    # an operator's rollback is not undone by a re-run that reaches the same adapter again
+    reg.promote(c, expected=won["id"])
+    assert reg.rollback() == won["id"]
+    again = apply(reg, yes, tmp_path / "c", {}, gated_against=won["id"])
+    assert not again["promoted"] and reg.champion_id() == won["id"]
+
+
+@pytest.mark.parametrize("torn", ['{"event": "promoted", "id": "x', '{"event": "promoted", "decision": {"a": 1}'])
+def test_a_torn_event_line_is_ignored_and_cut_off_by_the_next_writer(tmp_path, torn):
+    reg = Registry(tmp_path / "reg")
+    a = reg.register(_adapter(tmp_path, "a"))["id"]
+    reg.promote(a)
+    with open(reg.root / "events.jsonl", "a") as fh:  # a writer killed in the middle of its line
+        fh.write(torn)
+    again = Registry(tmp_path / "reg")
+    assert again.champion_id() == a
+    b = again.register(_adapter(tmp_path, "b"))["id"]
+    again.promote(b)
+    assert [e["event"] for e in Registry(tmp_path / "reg").history()] == ["registered", "promoted"] * 2

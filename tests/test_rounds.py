@@ -34,18 +34,18 @@ def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_di
     night0 = {kind: _shards(run, kind) for kind in ("responses", "justified")}
     assert len(night0["responses"]) == len(night0["justified"]) == 3  # 10 rows in shards of 4
 
-    # 3 new rows arrive: rows 0-7 keep their shards; rows 8-9 share a shard with new rows
+    # 3 new rows arrive as a new part: they get a shard of their own, the old shards stay
     unl, _ = split_oracle(pd.DataFrame(sentiment_rows(3, offset=5000)))
     append_part(unl, sentiment_dataset / "unlabeled", "unlabeled")
     report = run_semievol(sentiment_dataset, run, cfg, systems=["sft", "semievol"], registry=reg.root)
     for kind in ("responses", "justified"):
         now = _shards(run, kind)
         assert all(now.get(k) == v for k, v in night0[kind].items()), kind  # nothing answered again
-        assert len(now) == 3 + 2, kind  # new: shard 3 (rows 8-11) and shard 4 (row 12)
+        assert len(now) == 3 + 1, kind  # one new shard: the 3 new rows
     assert report["selection"]["n_unlabeled"] == 13
     assert report["gate"]["against"] == "champion"  # the challenger met the champion
 
     # the weekly refresh: every row answered again by the champion
     refresh = cfg.model_copy(update={"reuse_pseudo_labels": False})
     run_semievol(sentiment_dataset, run, refresh, systems=["sft", "semievol"], registry=reg.root)
-    assert len(_shards(run, "responses")) == 5 + 4  # 4 new shard files: 13 rows in shards of 4
+    assert len(_shards(run, "responses")) == 4 + 4  # every shard again: 4 + 4 + 2 and 3 rows
