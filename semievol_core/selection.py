@@ -150,7 +150,9 @@ def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses
         pool = ranked if scope == "all" else ranked & (df["source"] == "justified")
         # The cells a quantile is taken in: the whole pool, or one per class and/or per source.
         keys = (["answer"] if class_balance else []) + (["source"] if source_balance else [])
-        cells = df[pool].groupby(keys, sort=False).groups.values() if keys else [df.index[pool]]
+        # one key by name, not as a one-element list (pandas is changing what that list gives)
+        by = keys[0] if len(keys) == 1 else keys
+        cells = df[pool].groupby(by, sort=False).groups.values() if keys else [df.index[pool]]
         for members in cells:
             thr = _quantile(df.loc[members, "H"], theta)
             df.loc[members, "threshold"] = thr

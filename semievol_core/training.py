@@ -33,12 +33,14 @@ see `bench/training_defaults.md` (SmolLM2-135M on FPB). The paper's 1e-4 x 2 epo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -210,6 +212,16 @@ def check_examples(examples) -> None:
         raise ValueError(f"examples lack column(s) {missing}; need {list(REQUIRED_COLUMNS)}")
     if len(examples) == 0:
         raise ValueError("no training examples")
+
+
+@contextlib.contextmanager
+def peft_without_deprecation_warning():
+    """peft (peft_model.py) reads transformers' deprecated `is_gradient_checkpointing` when it wraps
+    a model, and transformers warns each time: a FutureWarning users cannot act on. Only that one
+    warning, only around the wrap; our code uses `is_activation_checkpointing`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def split_indices(n: int, val_fraction: float, seed: int, n_gold: int | None = None) -> tuple[list[int], list[int]]:
@@ -408,12 +420,13 @@ def train_lora(
         transformers.set_seed(cfg.seed)
         base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         base.config.use_cache = False  # no KV cache while training
-        if init_adapter is not None:
-            peft_model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-        else:
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
-            peft_model = get_peft_model(base, lora)
+        with peft_without_deprecation_warning():
+            if init_adapter is not None:
+                peft_model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+            else:
+                lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                  target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+                peft_model = get_peft_model(base, lora)
         if peft_model.peft_config["default"].modules_to_save:
             raise ValueError("adapter has modules_to_save (full copies of layers): vLLM cannot serve it")
 

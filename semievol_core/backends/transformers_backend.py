@@ -128,8 +128,11 @@ class TransformersBackend(Backend):
             from peft import PeftModel
 
             name = f"a{len(self._adapters)}"
+            from ..training import peft_without_deprecation_warning
+
             if not self._adapters:
-                model = PeftModel.from_pretrained(model, path, adapter_name=name)
+                with peft_without_deprecation_warning():
+                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
                 model.eval()
                 self._model = model
             else:
@@ -229,7 +232,7 @@ class TransformersBackend(Backend):
         ids, mask = self._left_pad(seqs)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                     use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()
         # Prefill once per prompt, then give each of its n samples a copy of the KV cache.
@@ -284,7 +287,7 @@ class TransformersBackend(Backend):
             step_ids = torch.tensor(chosen, device=logits.device)[:, None]
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos[:, None],
-                        past_key_values=cache, use_cache=True)
+                        cache=cache, use_cache=True)
             logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
         results = []
