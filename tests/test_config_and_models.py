@@ -77,3 +77,23 @@ def test_the_nightly_deployment_runs_the_recommended_recipe():
     deployed = yaml.safe_load((root / "prefect.yaml").read_text())["definitions"]["config"]
     recommended = yaml.safe_load((root / "deployments" / "configs" / "recommended.yaml").read_text())
     assert SemiEvolConfig.model_validate(deployed) == SemiEvolConfig.model_validate(recommended)
+
+
+def test_the_nightly_rounds_and_the_weekly_refresh_differ_only_where_they_should():
+    """evolve-nightly is the recommended recipe run as rounds; evolve-refresh the same, answering
+    every row again; both validate as configs and write the same run directory."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in doc["deployments"]}
+    nightly, refresh = (by_name[n]["parameters"] for n in ("evolve-nightly", "evolve-refresh"))
+    base = SemiEvolConfig.model_validate(doc["definitions"]["config"])
+    rounds = SemiEvolConfig.model_validate(nightly["config"])
+    assert rounds == base.model_copy(update={"warm_from": "champion", "reuse_pseudo_labels": True,
+                                             "final_training": "continue_union"})
+    assert SemiEvolConfig.model_validate(refresh["config"]) == rounds.model_copy(update={"reuse_pseudo_labels": False})
+    assert refresh["out_dir"] == nightly["out_dir"] and refresh["data_dir"] == nightly["data_dir"]
+    assert by_name["evolve-refresh"]["schedules"][0]["cron"] == "0 4 * * 0"
