@@ -424,7 +424,12 @@ def justification_key(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path
     """Everything one shard's justifications depend on: its questions, their votes and responses,
     the warm model (steps.warm_key), the settings, the code version. Other shards' rows do not
     enter, so an old question is not justified again when new rows arrive."""
-    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
+    return _justification_key(cfg, *justification_inputs(ids, votes, responses, unlabeled), warm_adapter,
+                              answer_type)
+
+
+def _justification_key(cfg: SemiEvolConfig, vt: pd.DataFrame, resp: pd.DataFrame, qs: pd.DataFrame,
+                       warm_adapter: str | Path, answer_type: str) -> str:
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
     h.update(cfg.result_key(*JUSTIFY_CONFIG).encode())
@@ -439,11 +444,11 @@ def justify_shard(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, re
                   unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, shard_dir: str | Path) -> Path:
     """The warm model's decisions on one shard's disputed questions, one file named by its key
     (justification_key): a shard already on disk is not justified again."""
-    key = justification_key(cfg, ids, votes, responses, unlabeled, warm_adapter, answer_type)
+    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)  # read once: key and work
+    key = _justification_key(cfg, vt, resp, qs, warm_adapter, answer_type)
     out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
     if out.exists():
         return out
-    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
     return save_frame(justify(get_backend(cfg), vt, resp, qs, str(warm_adapter), cfg, answer_type), out)
 
 
