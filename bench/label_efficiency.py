@@ -347,8 +347,8 @@ def write(data: dict) -> None:
     (RESULTS / "label_efficiency.md").write_text(markdown(data))
     try:
         plot(data, RESULTS / "label_efficiency.png")
-    except ImportError:  # the results above are kept; only the picture needs the extra
-        print("no plot: install matplotlib (pip install -e '.[bench]') and rerun with --report")
+    except ImportError:  # the results above are kept; only the picture needs matplotlib
+        print("no plot: matplotlib is missing (pip install -e .); rerun with --report")
 
 
 def main() -> None:

@@ -74,7 +74,9 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
             log.info("promotion gate: %s", extra["gate"]["reason"])
             publish_markdown(gate_markdown(extra), key="semievol-gate", description=extra["gate"]["reason"])
         if reg is not None:
-            publish_history(reg, key="semievol-history", description=f"Champion and challengers — {reg.root}")
+            plot = (extra.get("figures") or {}).get("history")
+            publish_history(reg, key="semievol-history", description=f"Champion and challengers — {reg.root}"
+                            + (f"; plot: `{out / plot}`" if plot else ""))
         if selection:
             log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])
             publish_selection(selection, key="semievol-selection", description=f"Pseudo-label selection — {out}")
@@ -84,6 +86,7 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
                f"- run directory: `{out}`\n- report: `{out / 'report.json'}`, `{out / 'report.md'}`\n"
                f"- adapters: {', '.join(f'`{a}`' for a in adapters) or 'none'}\n"
                f"- predictions: `{out / 'predictions'}`\n"
+               f"- figures: {', '.join(f'`{out / f}`' for f in (extra.get('figures') or {}).values()) or 'none'}\n"
                f"- data snapshot: `{out / 'data'}` (from `{Path(data_dir).resolve()}`)\n"
                f"- steps from cache: {', '.join(sorted(set(runner.cached))) or 'none'}\n")
         publish_markdown(md, key="semievol-report", description=f"SemiEvol report — {out}")

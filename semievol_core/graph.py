@@ -435,7 +435,20 @@ def finish(run_dir: Path, cfg: SemiEvolConfig, values: dict, systems: Sequence[s
         extra["gate"] = values["gate"]
         if registry is not None:
             extra["registry"] = _promote_or_keep(registry, run_dir, cfg, values)
+    figures = _draw(run_dir, values, registry)
+    if figures:
+        extra["figures"] = figures
     return write_report(run_dir, cfg, results, values.get("selection") or {}, timings, extra, cached_seconds), extra
+
+
+def _draw(run_dir: Path, values: dict, registry: "Registry | None") -> dict[str, str]:
+    """The report's PNGs (semievol_core/plots.py), by file name relative to the run directory."""
+    from . import plots
+
+    drawn = {"history": plots.history_plot(registry, run_dir / "history.png") if registry is not None else None,
+             "selection_h": (plots.h_plot(values["pseudo_labels"], values.get("oracle"), run_dir / "selection_h.png")
+                             if values.get("pseudo_labels") else None)}
+    return {name: path.name for name, path in drawn.items() if path is not None}
 
 
 def _promote_or_keep(registry: "Registry", run_dir: Path, cfg: SemiEvolConfig, values: dict) -> dict:

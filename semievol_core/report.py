@@ -97,11 +97,16 @@ def render_markdown(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, sel
     if "gate" in extra:
         parts += [gate_markdown(extra)]
         extra.pop("gate"), extra.pop("registry", None)
+    figures = extra.pop("figures", None) or {}
     parts += ["## Test accuracy", "", systems_table(systems), ""]
     for k, v in extra.items():
         parts.append(f"- **{k}**: {v}")
-    parts += ["", "## Pseudo-label selection", "", selection_table(selection), "",
-              "## Step timings", "", timings_table(timings, cached)]
+    if "history" in figures:
+        parts += ["", f"![Champion and challengers by round]({figures['history']})"]
+    parts += ["", "## Pseudo-label selection", "", selection_table(selection), ""]
+    if "selection_h" in figures:
+        parts += [f"![H of the selected pseudo-labels, right and wrong]({figures['selection_h']})", ""]
+    parts += ["## Step timings", "", timings_table(timings, cached)]
     parts += ["", "## Outputs", "",
               "neighbors.parquet, responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet, "
               "predictions/, warm_adapter/, semievol_adapter/ — all under the run directory above.",
