@@ -80,7 +80,9 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
         if selection:
             log.info("selected %s of %s pseudo-labels", selection["n_selected"], selection["n_unlabeled"])
             publish_selection(selection, key="semievol-selection", description=f"Pseudo-label selection — {out}")
-        md = render_markdown(out, config, results, selection, timings, extra, runner.cached_seconds)
+        # The UI cannot load the run's PNGs by a relative path: "Where things are" lists them instead.
+        md = render_markdown(out, config, results, selection, timings,
+                             {k: v for k, v in extra.items() if k != "figures"}, runner.cached_seconds)
         adapters = list(dict.fromkeys(values[k] for k in ("sft_adapter", "warm", "semievol_adapter") if values.get(k)))
         md += ("\n## Where things are\n\n"
                f"- run directory: `{out}`\n- report: `{out / 'report.json'}`, `{out / 'report.md'}`\n"
