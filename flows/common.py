@@ -20,9 +20,8 @@ from typing import Any, Callable
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from tasks.step import outputs_intact, step_task
-
-CACHE_DIR = ".prefect-cache"  # under the run directory: cache entries live and die with outputs
+from semievol_core import store
+from tasks.step import step_task
 
 
 def run_name(flow: str, parameter: str) -> Callable[[], str]:
@@ -41,16 +40,14 @@ def run_name(flow: str, parameter: str) -> Callable[[], str]:
 
 
 class StepRunner:
-    """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a cached
-    task with run-local result storage. A cache hit whose output files were changed or
-    deleted on disk since is run again. Records which steps came from the cache and what they took
-    when they were computed; a fan-out step (generation shards) moves a progress artifact
-    `semievol-<task>` after each element."""
+    """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a task
+    cached under the step's key, its cache entry inside the step's key directory (tasks/step.py).
+    Records which steps came from the cache and what they took when they were computed; a fan-out
+    step (generation shards) moves a progress artifact `semievol-<task>` after each element."""
 
     def __init__(self, cfg, out_dir: str | Path, logger):
         self.cfg = cfg
         self.run_dir = Path(out_dir).resolve()
-        self.storage = self.run_dir / CACHE_DIR
         self.logger = logger
         self.cached: list[str] = []
         self._cached_seconds: dict[str, float] = {}
@@ -63,19 +60,16 @@ class StepRunner:
         in part, e.g. new generation shards, shows this run's time instead)."""
         return {k: v for k, v in self._cached_seconds.items() if k not in self.executed}
 
-    def __call__(self, step, inputs: dict, index: int | None, count: int) -> dict:
+    def __call__(self, step, inputs: dict, key: str, index: int | None, count: int) -> dict:
         name = step.name if index is None else f"{step.name}-{index + 1}/{count}"
-        task = step_task(step, self.storage, name)
-        kwargs: dict[str, Any] = dict(step=step.name, cfg=self.cfg, run_dir=str(self.run_dir), inputs=inputs)
+        task = step_task(step, self.run_dir, name)
+        kwargs: dict[str, Any] = dict(step=step.name, cfg=self.cfg, run_dir=str(self.run_dir), inputs=inputs,
+                                      key=key)
         if index is not None:
             kwargs["progress"] = self._moving(step, index, count)
         state = task(return_state=True, **kwargs)
         result = state.result()  # raises the task's exception if it failed
-        hit = state.name == "Cached"
-        if hit and not outputs_intact(result):
-            self.logger.warning("%s: cached output changed on disk; recomputing", name)
-            result = task.with_options(refresh_cache=True)(**kwargs)
-            hit = False
+        hit = state.name == "Cached" or not result["ran"]
         (self.cached if hit else self.executed).append(step.name)
         if hit:
             self._cached_seconds[step.name] = round(self._cached_seconds.get(step.name, 0.0) + result["seconds"], 3)
@@ -83,7 +77,7 @@ class StepRunner:
             update_progress_artifact(kwargs["progress"]["artifact"], progress=100.0 * (index + 1) / count,
                                      description=f"{kwargs['progress']['label']}: {index + 1}/{count}")
             self.logger.info("%s %d/%d done", step.name, index + 1, count)
-        return result["outputs"]
+        return store.restore(result["outputs"], self.run_dir)
 
     def _moving(self, step, index: int, count: int) -> dict:
         """The progress artifact of a fan-out step (created at its first element)."""

@@ -22,7 +22,7 @@ from semievol_core.config import SemiEvolConfig
 from semievol_core.report import systems_table
 from semievol_core.steps import check_model_name, run_dir_lock, save_json, save_text
 from semievol_core import graph
-from tasks.common import ensure_gpu_limit
+from tasks.common import content_digest, ensure_gpu_limit
 
 from flows.common import StepRunner, publish_accuracy, publish_markdown, run_name
 
@@ -47,7 +47,7 @@ def evaluate(test: str, out_dir: str, model: str | None = None, adapter: str | N
     sources = {"test_table": str(test_path), "limit": limit, "name": name,
                "adapter": str(Path(adapter).resolve()) if adapter else None}
     with run_dir_lock(out):  # one run per directory (created by the lock); a second fails at once
-        res = graph.execute(graph.EVALUATION, sources, runner, timings)
+        res = graph.execute(graph.EVALUATION, sources, runner, cfg, out, timings, digest=content_digest)
         metrics = res["metrics"]
         summary = {"model": cfg.model, "adapter": adapter, "test": str(test_path), "n": res["n"],
                    "answer_type": res["answer_type"], "metrics": metrics, "predictions": res["predictions"],

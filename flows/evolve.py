@@ -6,8 +6,9 @@
 The steps, their order and what each reads are declared once, in `semievol_core.graph`; this flow
 walks that graph with every step as a cached task (tasks/step.py), exactly as
 `semievol_core.pipeline.run_semievol` walks it in process. Only the steps the requested `systems`
-need run. Outputs: the run-directory layout of semievol_core/steps.py, plus `<out>/.prefect-cache/`
-holding the task results the cache answers from. A re-run on the same data executes no step;
+need run. Outputs: each step's under `<out>/<step>/<key>/` with the task's cache entry beside them,
+and stable names (`<out>/warm_adapter`, `<out>/pseudo_labels.parquet`, ...) linked to the latest
+(semievol_core/store.py). A re-run on the same data executes no step;
 changing θ re-runs select, train-final and evaluate-semievol; changing the model re-runs training
 and generation.
 Generation runs in shards of `cfg.execution.shard_size` questions, each its own cached task run,
@@ -32,7 +33,7 @@ from semievol_core.config import SemiEvolConfig
 from semievol_core.registry import Registry
 from semievol_core.steps import Limits, run_dir_lock
 from semievol_core.report import gate_markdown, render_markdown, systems_table, verdict_line
-from tasks.common import ensure_gpu_limit
+from tasks.common import content_digest, ensure_gpu_limit
 
 from flows.common import (StepRunner, publish_accuracy, publish_history, publish_markdown, publish_selection,
                           run_name)
@@ -57,7 +58,8 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
     with run_dir_lock(out):
         ensure_gpu_limit(log)
         runner, timings = StepRunner(config, out, log), {}
-        values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, timings)
+        values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, config, out, timings,
+                               digest=content_digest)
         report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds,
                                      registry=reg if gate else None)
         log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",

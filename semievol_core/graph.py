@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from . import steps
+from . import steps, store
 from .config import SemiEvolConfig
 from .data import read_table
 
@@ -127,8 +127,10 @@ def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
 
 def _generate(cfg, run: Path, item: list[str], unlabeled: str, labeled: str, neighbors: str, warm: str,
               answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
-    return {"shards": str(steps.generate_shard(cfg, item, unlabeled, labeled, neighbors, warm, run / "responses",
-                                               answer_type, on_progress=on_progress))}
+    # Named by the key directory (`run`), so the stable names of all shards sit side by side.
+    out = run / "responses" / f"shard-{run.name}.parquet"
+    return {"shards": str(steps.generate_shard(cfg, item, unlabeled, labeled, neighbors, warm, out, answer_type,
+                                               on_progress=on_progress))}
 
 
 def _shard_key(cfg: SemiEvolConfig, inputs: dict) -> str:
@@ -149,7 +151,7 @@ def _vote(cfg, run: Path, responses: str) -> dict:
 def _justify(cfg, run: Path, item: list[str], votes: str, responses: str, unlabeled: str, warm: str,
              answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
     return {"justified_shards": str(steps.justify_shard(cfg, item, votes, responses, unlabeled, warm, answer_type,
-                                                        run / "justified"))}
+                                                        run / "justified" / f"shard-{run.name}.parquet"))}
 
 
 def _justify_key(cfg: SemiEvolConfig, inputs: dict) -> str:
@@ -358,15 +360,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict, run_dir: str | Path,
+def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict,
              digest: Callable[[str], str] = steps.file_digest) -> str:
     """What a step's output depends on, and nothing else: the code (CODE_VERSION and the step's
     source), the config fields it reads (never execution settings), its file inputs by content
-    (`digest`), its other inputs by value, its own key part (`step.key`) for the inputs it covers,
-    and where it writes (`run_dir`)."""
+    (`digest`), its other inputs by value, and its own key part (`step.key`) for the inputs it
+    covers. The step writes under `<run>/<step>/<key>/` (semievol_core/store.py)."""
     parts: dict[str, Any] = {"code": steps.CODE_VERSION, "step": step.name, "source": step.source_digest(),
-                             "config": cfg.result_key(*step.config) if step.config else None,
-                             "run_dir": str(Path(run_dir).resolve())}
+                             "config": cfg.result_key(*step.config) if step.config else None}
     if step.key is not None:
         parts["own"] = step.key(cfg, inputs)
     for name, value in sorted(inputs.items()):
@@ -380,25 +381,50 @@ def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict, run_dir: str | Path,
 
 
 # ------------------------------------------------------------------------------ walking the graph
-Call = Callable[[Step, dict, int | None, int], dict]
+# call(step, inputs, key, index, count) -> the step's outputs: index/count is the element of a
+# fan-out step (else None/1), key its step_key, computed once by `execute`.
+Call = Callable[[Step, dict, str, int | None, int], dict]
 
 
-def execute(todo: Sequence[Step], values: dict, call: Call, timings: dict[str, float] | None = None) -> dict:
-    """Run `todo` in order; `call(step, inputs, index, count)` runs one step (index/count: the
-    element of a fan-out step, else None/1) and returns its outputs. `values` starts with SOURCES
-    and collects every output. Wall time per step (summed over a fan-out) goes into `timings`."""
+def execute(todo: Sequence[Step], values: dict, call: Call, cfg: SemiEvolConfig, run_dir: str | Path,
+            timings: dict[str, float] | None = None, digest: Callable[[str], str] = steps.file_digest) -> dict:
+    """Run `todo` in order, each call under its key directory `<run_dir>/<step>/<key>/`
+    (semievol_core/store.py), then point the stable names at its outputs. `values` starts with
+    SOURCES and collects every output. Wall time per step (summed over a fan-out) goes into
+    `timings`; `digest` hashes file inputs for the keys (the flows memoise it)."""
+    def one(step: Step, inputs: dict, index: int | None, count: int) -> dict:
+        key = step_key(step, cfg, inputs, digest)
+        outputs = call(step, inputs, key, index, count)
+        store.link_latest(run_dir, store.key_dir(run_dir, step.name, key), outputs)
+        return outputs
+
     for step in todo:
         inputs = {name: values.get(name) for name in step.inputs}
         t0 = time.perf_counter()
         if step.each is None:
-            values.update(call(step, inputs, None, 1))
+            values.update(one(step, inputs, None, 1))
         else:
             items = inputs.pop(step.each)
-            results = [call(step, {**inputs, "item": item}, i, len(items)) for i, item in enumerate(items)]
+            results = [one(step, {**inputs, "item": item}, i, len(items)) for i, item in enumerate(items)]
             values.update({out: [r[out] for r in results] for out in step.outputs})
         if timings is not None:
             timings[step.name] = round(timings.get(step.name, 0.0) + time.perf_counter() - t0, 3)
     return values
+
+
+def run_keyed(step: Step, cfg: SemiEvolConfig, run_dir: str | Path, inputs: dict, key: str,
+              **execution: Any) -> tuple[dict, float | None]:
+    """(outputs, seconds): the step's outputs from its key directory if it finished there before,
+    with what it took then; else from running it there, with None (`execution`: execution-only
+    arguments such as on_progress)."""
+    d = store.key_dir(run_dir, step.name, key)
+    done = store.load_done(d, run_dir)
+    if done is not None:
+        return done
+    t0 = time.perf_counter()
+    outputs = step.run(cfg, d, **inputs, **execution)
+    store.save_done(outputs, time.perf_counter() - t0, d, run_dir)
+    return outputs, None
 
 
 def sources(data_dir: str | Path, limits: steps.Limits, registry: "Registry | None") -> dict:
@@ -409,11 +435,27 @@ def sources(data_dir: str | Path, limits: steps.Limits, registry: "Registry | No
             "champion": str((registry.adapters / cid).resolve()) if cid else None}
 
 
-def call_in_process(cfg: SemiEvolConfig, run_dir: Path) -> Call:
-    """The plain executor's way to run a step: a direct call."""
-    def call(step: Step, inputs: dict, index: int | None, count: int) -> dict:
-        return step.run(cfg, run_dir, **inputs)
-    return call
+class InProcess:
+    """The plain executor's way to run a step (a `Call`): a direct call in its key directory,
+    skipped when that directory is complete. `cached_seconds`: the steps found complete in every
+    element, with what they took when they ran (as the Prefect executor reports its cache hits)."""
+
+    def __init__(self, cfg: SemiEvolConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self._found: dict[str, float] = {}
+        self._ran: set[str] = set()
+
+    def __call__(self, step: Step, inputs: dict, key: str, index: int | None, count: int) -> dict:
+        outputs, seconds = run_keyed(step, self.cfg, self.run_dir, inputs, key)
+        if seconds is None:
+            self._ran.add(step.name)
+        else:
+            self._found[step.name] = round(self._found.get(step.name, 0.0) + seconds, 3)
+        return outputs
+
+    @property
+    def cached_seconds(self) -> dict[str, float]:
+        return {name: s for name, s in self._found.items() if name not in self._ran}
 
 
 def results_of(values: dict, systems: Sequence[str]) -> dict[str, dict]:

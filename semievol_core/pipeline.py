@@ -5,8 +5,8 @@
 
 Walks the method graph declared in `semievol_core.graph`, calling each step directly; the Prefect
 flow `flows/evolve.py` walks the same graph with every step a cached, retried task. This runner is
-for tests, benchmarks and notebooks. Adapters and generation shards already on disk for the same
-inputs are re-used, so a re-run after a crash resumes where it stopped.
+for tests, benchmarks and notebooks. A step whose key directory is complete (semievol_core/store.py)
+is not run again, so a re-run after a crash resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,5 +34,7 @@ def run_semievol(data_dir: str | Path, out_dir: str | Path, cfg: SemiEvolConfig,
     todo = graph.plan(systems, pseudo_labels=pseudo_labels, gate=reg is not None and "semievol" in systems)
     timings: dict[str, float] = {}
     with run_dir_lock(out):  # one run per directory: a second one fails at once (atomic.LockHeld)
-        values = graph.execute(todo, graph.sources(data_dir, limits, reg), graph.call_in_process(cfg, out), timings)
-        return graph.finish(out, cfg, values, systems, timings, registry=reg if "semievol" in systems else None)[0]
+        call = graph.InProcess(cfg, out)
+        values = graph.execute(todo, graph.sources(data_dir, limits, reg), call, cfg, out, timings)
+        return graph.finish(out, cfg, values, systems, timings, call.cached_seconds,
+                            registry=reg if "semievol" in systems else None)[0]

@@ -109,7 +109,8 @@ def render_markdown(out_dir: str | Path, cfg: SemiEvolConfig, systems: dict, sel
     parts += ["## Step timings", "", timings_table(timings, cached)]
     parts += ["", "## Outputs", "",
               "neighbors.parquet, responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet, "
-              "predictions/, warm_adapter/, semievol_adapter/ — all under the run directory above.",
+              "predictions/, warm_adapter/, semievol_adapter/ — under the run directory above, each a link to "
+              "the step directory that wrote it (`<step>/<key>/`).",
               "", "## Configuration", "", "```yaml", cfg.to_yaml().rstrip(), "```", ""]
     return "\n".join(parts)
 

@@ -89,9 +89,8 @@ def file_digest(*paths: str | Path) -> str:
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_key.txt",
-                                                    "train_config.json"):
-                continue  # run metadata (timings, the training key, paths as given), not the weights
+            if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_config.json"):
+                continue  # run metadata (timings, paths as given), not the weights
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -243,46 +242,22 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
                   unlabeled: str | Path | None = None) -> Path:
     """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions).
     With pseudo-labels, early stopping validates on the gold (table) rows only and a pseudo-label's
-    loss is weighted cfg.pseudo_weight. An adapter already in `out_dir` whose train_key.txt matches
-    these inputs is returned as is."""
+    loss is weighted cfg.pseudo_weight. Whether it needs training at all is the caller's business:
+    a graph step runs only when its key directory is incomplete (semievol_core/store.py)."""
     from .training import train_lora
 
     examples = training_examples(tables, pseudo_labels, unlabeled)
     if examples.empty:
         raise ValueError("nothing to train on: no labeled rows and no selected pseudo-labels")
-    out_dir = Path(out_dir)
-    key = training_key(cfg, examples, init_adapter)
-    n_gold = None  # every row is gold: the plain split, no weights (the warm adapter)
-    if pseudo_labels is not None:
-        n_gold = int(examples["gold"].sum())  # gold rows come first (training_examples)
-        # Where validation may come from and the pseudo-label weight change the adapter too.
-        key = hashlib.sha256(f"{key}|n_gold={n_gold}|pseudo_weight={cfg.pseudo_weight!r}".encode()).hexdigest()
-    key_file = out_dir / TRAIN_KEY_FILE
-    if key_file.exists() and key_file.read_text().strip() == key:
-        return out_dir  # this adapter was trained on exactly these inputs: resume, do not retrain
-    # Any adapter already there came from other inputs: it is replaced (atomically) below.
+    # every row gold: the plain split, no weights (the warm adapter); gold rows come first
+    n_gold = int(examples["gold"].sum()) if pseudo_labels is not None else None
     unload_backends()  # the training copy of the model need not share RAM with the inference copy
-    result = train_lora(cfg.model, examples, out_dir, cfg.train,
+    result = train_lora(cfg.model, examples, Path(out_dir), cfg.train,
                         init_adapter=str(init_adapter) if init_adapter else None,
                         progress=cfg.execution.progress, threads=cfg.execution.threads,
                         gradient_checkpointing=cfg.execution.gradient_checkpointing,
                         n_gold=n_gold, pseudo_weight=cfg.pseudo_weight)
-    key_file.write_text(key + "\n")
     return Path(result.adapter_dir)
-
-
-TRAIN_KEY_FILE = "train_key.txt"
-
-
-def training_key(cfg: SemiEvolConfig, examples: pd.DataFrame, init_adapter: str | Path | None) -> str:
-    """What an adapter depends on: model, TrainConfig, the exact examples (in order) and the starting
-    adapter's weights. Execution settings (threads, progress) are left out."""
-    h = hashlib.sha256()
-    h.update(CODE_VERSION.encode())
-    h.update(cfg.result_key("model", "train").encode())
-    h.update(examples[["question", "options", "answer"]].to_json(orient="values").encode())
-    h.update(file_digest(init_adapter).encode() if init_adapter else b"-")
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- 2. in-context propagation
@@ -373,16 +348,11 @@ def collaborators_of(cfg: SemiEvolConfig):
 
 
 def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
-                   neighbors: str | Path, warm_adapter: str | Path, shard_dir: str | Path,
+                   neighbors: str | Path, warm_adapter: str | Path, out: str | Path,
                    answer_type: str, on_progress: Callable[[float], None] | None = None) -> Path:
-    """Responses of every collaborator for one shard of questions, written as one file named by
-    its generation key: a shard already on disk is not generated again (resume after a crash).
-    on_progress(fraction of the shard done) is called as collaborator groups finish."""
+    """Responses of every collaborator for one shard of questions, as one file. on_progress(fraction
+    of the shard done) is called as collaborator groups finish."""
     qs, demos = shard_inputs(ids, unlabeled, labeled, neighbors)
-    key = generation_key(cfg, warm_adapter, qs, demos, answer_type)
-    out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
-    if out.exists():
-        return out
     responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
                                    cfg, answer_type, on_progress=on_progress)
     return save_frame(responses, out)
@@ -441,14 +411,9 @@ def _justification_key(cfg: SemiEvolConfig, vt: pd.DataFrame, resp: pd.DataFrame
 
 
 def justify_shard(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
-                  unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, shard_dir: str | Path) -> Path:
-    """The warm model's decisions on one shard's disputed questions, one file named by its key
-    (justification_key): a shard already on disk is not justified again."""
-    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)  # read once: key and work
-    key = _justification_key(cfg, vt, resp, qs, warm_adapter, answer_type)
-    out = Path(shard_dir) / f"shard-{key[:20]}.parquet"
-    if out.exists():
-        return out
+                  unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, out: str | Path) -> Path:
+    """The warm model's decisions on one shard's disputed questions, as one file."""
+    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
     return save_frame(justify(get_backend(cfg), vt, resp, qs, str(warm_adapter), cfg, answer_type), out)
 
 

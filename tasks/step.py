@@ -1,79 +1,69 @@
 """Any step of the method graph as a Prefect task: one factory, one cache policy.
 
     from tasks.step import step_task
-    task = step_task(graph.BY_NAME["vote"], storage=run_dir / ".prefect-cache", run_name="vote")
-    res = task(step="vote", cfg=cfg, run_dir=str(run_dir), inputs={"responses": ...})
-    res["outputs"]["votes"], res["digests"], res["seconds"]
+    task = step_task(graph.BY_NAME["vote"], run_dir, run_name="vote")
+    res = task(step="vote", cfg=cfg, run_dir=str(run_dir), inputs={"responses": ...}, key=key)
+    res["outputs"]["votes"], res["seconds"]
 
 The task is named after the step's task ("embed", "generate", "evaluate"; the UI's task-run names
-say which: "embed-test", "generate-3/11", "evaluate-sft"). It is cached under
-`semievol_core.graph.step_key` (the step's code, the config fields it reads, its inputs by
-content) plus the source of this wrapper (TASK_SOURCE), and holds the `gpu` slot when the step
-needs the accelerator. It is not retried: the OpenAI backend retries each request within its
-deadline, and other failures would fail again (tasks/common.py). Results are
-JSON: the step's outputs, the digests of the files among them (so the flow notices a cached output
-rewritten on disk since), and the body's wall time.
+say which: "embed-test", "generate-3/11", "evaluate-sft"). Its cache key is the step's own key
+(`semievol_core.graph.step_key`, computed once by `graph.execute` and passed in): the cache entry
+is a file inside the step's key directory, `<run>/<step>/<key>/.prefect-<wrapper>`, so it lives and
+dies with the outputs it names (semievol_core/store.py); `<wrapper>` is this module's task source,
+so editing the wrapper invalidates its entries and not the outputs. It holds the `gpu` slot when
+the step needs the accelerator. It is not retried: the OpenAI backend retries each request within
+its deadline, and other failures would fail again (tasks/common.py). Results are JSON: the step's
+outputs (paths relative to the run directory), the seconds the step took when it ran, and whether
+it ran in this call (False: its key directory was complete already, e.g. from the plain runner).
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from prefect import Task, task
-from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.cache_policies import CachePolicy
 
-from semievol_core import graph
+from semievol_core import graph, store
 from semievol_core.config import SemiEvolConfig
 
-from .common import content_digest, gpu_slot, record_execution
+from .common import gpu_slot, record_execution
 
 
 @dataclass
 class StepKey(CachePolicy):
-    """The cache key of a graph step's task run: graph.step_key, with memoised content digests."""
+    """The cache key of a graph step's task run: a path inside its key directory (see above)."""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
-        step = graph.BY_NAME[inputs["step"]]
-        return graph.step_key(step, inputs["cfg"], inputs["inputs"], inputs["run_dir"], digest=content_digest)
-
-
-def _file_outputs(outputs: dict, run_dir: Path) -> dict[str, str]:
-    """Digests of the outputs that are files this step wrote under the run directory."""
-    out = {}
-    for name, value in outputs.items():
-        if isinstance(value, str) and Path(value).is_absolute() and run_dir in Path(value).parents \
-                and Path(value).exists():
-            out[name] = content_digest(value)
-    return out
+        return f"{inputs['step']}/{inputs['key'][:store.KEY_CHARS]}/.prefect-{WRAPPER}"
 
 
 @task(result_serializer="json")
-def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any],
+def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any], key: str,
              progress: dict | None = None) -> dict:
-    """Run one graph step. progress (execution-only, not keyed): {"artifact": id, "index": i,
-    "count": n, "label": text}: a fan-out step moves that progress artifact as it goes."""
+    """Run one graph step in its key directory (or take its outputs there if it finished before).
+    progress (execution-only, not keyed): {"artifact": id, "index": i, "count": n, "label": text}:
+    a fan-out step moves that progress artifact as it goes."""
     s = graph.BY_NAME[step]
-    record_execution(s.name)
-    t0 = time.perf_counter()
-    kwargs = dict(inputs)
-    if progress:
-        kwargs["on_progress"] = _progress_mover(progress)
-    with gpu_slot() if s.accelerator else nullcontext():
-        outputs = s.run(cfg, Path(run_dir), **kwargs)
-    return {"outputs": outputs, "digests": _file_outputs(outputs, Path(run_dir)),
-            "seconds": round(time.perf_counter() - t0, 3)}
+    d = store.key_dir(run_dir, s.name, key)
+    done = store.load_done(d, run_dir)
+    ran = done is None
+    if ran:  # not finished before: run it, holding the device if it needs one
+        record_execution(s.name)
+        execution = {"on_progress": _progress_mover(progress)} if progress else {}
+        with gpu_slot() if s.accelerator else nullcontext():
+            graph.run_keyed(s, cfg, run_dir, inputs, key, **execution)
+        done = store.load_done(d, run_dir)
+    outputs, seconds = done
+    return {"outputs": store.portable(outputs, run_dir), "seconds": seconds, "ran": ran}
 
 
-def outputs_intact(result: dict) -> bool:
-    """True when the files a cached result names still hold the bytes the step wrote (outputs sit
-    at fixed paths, so a later run with another θ may have rewritten pseudo_labels.parquet)."""
-    outputs = result.get("outputs", {})
-    return all(Path(outputs[name]).exists() and content_digest(outputs[name]) == digest
-               for name, digest in result.get("digests", {}).items())
+WRAPPER = hashlib.sha256(inspect.getsource(run_step.fn).encode()).hexdigest()[:12]
 
 
 def _progress_mover(progress: dict):
@@ -88,7 +78,8 @@ def _progress_mover(progress: dict):
     return move
 
 
-def step_task(step: graph.Step, storage: Path, run_name: str) -> Task:
-    """The task for `step`, its cache entries under `storage`, its task run called `run_name`."""
-    return run_step.with_options(name=step.task_name, task_run_name=run_name, result_storage=storage,
-                                 cache_policy=StepKey() + TASK_SOURCE)
+def step_task(step: graph.Step, run_dir: Path, run_name: str) -> Task:
+    """The task for `step`, its cache entries in its key directories under `run_dir`, its task run
+    called `run_name`."""
+    return run_step.with_options(name=step.task_name, task_run_name=run_name, result_storage=str(run_dir),
+                                 cache_policy=StepKey())

@@ -255,7 +255,7 @@ def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path
 
     def key(cfg, step=graph.BY_NAME["select"], **extra):
         inputs = {name: str(table) for name in step.inputs} | extra
-        return graph.step_key(step, cfg, inputs, tmp_path / "run", digest=content_digest)
+        return graph.step_key(step, cfg, inputs, digest=content_digest)
 
     base = SemiEvolConfig()
     assert key(base) == key(SemiEvolConfig(execution={"batch_size": 1, "shard_size": 7, "threads": 2}))

@@ -257,7 +257,7 @@ def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_p
     # knn_vote on this synthetic data is strong: neighbours share the verb that sets the label.
     assert report["systems"]["knn_vote"]["accuracy"] >= 0.5
     assert not math.isnan(report["mcnemar_p_semievol_vs_sft"])
-    # Re-run: both adapters are re-used (their train_key.txt matches the inputs), nothing retrains.
+    # Re-run: every step directory is complete (values.json), so nothing runs and nothing retrains.
     def stamps():
         return {a: (out / a / "adapter_model.safetensors").stat().st_mtime_ns
                 for a in ("warm_adapter", "semievol_adapter")}

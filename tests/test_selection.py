@@ -283,7 +283,7 @@ def test_new_fields_enter_the_right_cache_keys(tmp_path):
 
     def key(step, cfg):
         inputs = {name: "x" for name in graph.BY_NAME[step].inputs}
-        return graph.step_key(graph.BY_NAME[step], cfg, inputs, tmp_path, digest=lambda p: "d")
+        return graph.step_key(graph.BY_NAME[step], cfg, inputs, digest=lambda p: "d")
 
     base = SemiEvolConfig(knn_collaborator=True)
     for step, change in (("select", {"agreement": "knn"}), ("select", {"class_quota": "prior"}),
