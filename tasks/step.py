@@ -7,7 +7,7 @@
 
 The task is named after the step's task ("embed", "generate", "evaluate"; the UI's task-run names
 say which: "embed-test", "generate-3/11", "evaluate-sft"). It is cached under
-`semievol_core.graph.step_key` (the step's code, the config fields it reads, its inputs by
+`semievol_core.graph.step_key` (the step's code, the config sections it reads, its inputs by
 content) plus the source of this wrapper (TASK_SOURCE), and holds the `gpu` slot when the step
 needs the accelerator. It is not retried: the OpenAI backend retries each request within its
 deadline, and other failures would fail again (tasks/common.py). Results are
