@@ -6,8 +6,8 @@
 Night 0: a dataset with 64 labeled rows (class-stratified, seed 0), the first 200 of FPB's 1,357
 unlabeled rows and all 453 test rows. Each later night, 230 more unlabeled rows arrive as a CSV in
 an inbox (question and options only) and go in through `semievol ingest`; then
-`semievol evolve` runs the recommended recipe as rounds (`warm_from: champion`,
-`reuse_pseudo_labels: true`, the SemiEvol adapter continued from the warm model on labeled +
+`semievol evolve` runs the recommended recipe as rounds (`rounds.warm_from: champion`,
+`rounds.reuse_pseudo_labels: true`, the SemiEvol adapter continued from the warm model on labeled +
 pseudo-labels) into one run directory, with the registry in the dataset. Per night:
 the champion's accuracy with its 95% CI, the gate's decision and p, new rows, generation and
 justification seconds, and generation seconds per new row. Results: bench/results/continuous.json
@@ -32,8 +32,8 @@ ROOT = HERE.parent
 WORK = HERE / "runs" / "continuous"
 OUT_JSON = HERE / "results" / "continuous.json"
 FIRST, PER_NIGHT, LABELED = 200, 230, 64
-ROUNDS = ["--set", "warm_from=champion", "--set", "reuse_pseudo_labels=true",
-          "--set", "final_training=continue_union"]
+ROUNDS = ["--set", "rounds.warm_from=champion", "--set", "rounds.reuse_pseudo_labels=true",
+          "--set", "final.training=continue_union"]
 
 
 def night0() -> tuple[Path, list]:

@@ -59,11 +59,11 @@ def build_work(n_questions: int) -> dict:
     demos = demos_by_id(nb, lab)
     cfg = SemiEvolConfig()
     groups = []
-    for collab, count in sorted(Counter(plan_collaborators(cfg.n_collaborators, cfg.k_demos, cfg.seed)).items(),
-                                key=lambda kv: kv[0].name):
+    planned = plan_collaborators(cfg.collaboration.n_collaborators, cfg.propagation.k_demos, cfg.seed)
+    for collab, count in sorted(Counter(planned).items(), key=lambda kv: kv[0].name):
         groups.append({"name": collab.name, "n": count, "chats": _chats(unl, demos, collab.n_demos, None)})
     return {"groups": groups, "greedy_chats": _chats(unl, demos, 3, None),
-            "options": unl["options"].tolist(), "max_tokens": cfg.max_new_tokens}
+            "options": unl["options"].tolist(), "max_tokens": cfg.collaboration.max_new_tokens}
 
 
 # ------------------------------------------------------------------ workers (run in subprocesses)

@@ -42,7 +42,7 @@ RUNS = HERE / "runs" / "le"
 CONFIGS = ROOT / "deployments" / "configs"
 # The paper's recipe as published, scored by option letters on CPU: free-text collaborators at T=1
 # over 1,357 rows x 4 would take hours here; selection, training and everything else as published.
-RECIPE_OVERRIDES = {"paper": ["collaboration_mode=choice_logprobs", "eval_mode=choice_logprobs",
+RECIPE_OVERRIDES = {"paper": ["collaboration.mode=choice_logprobs", "evaluation.mode=choice_logprobs",
                               "execution.progress=false"]}
 
 
@@ -137,7 +137,7 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str], tag: str | Non
                 warm_from: Path | None = None, final: bool = True) -> list[dict]:
     """The recipe's run: kNN vote, SFT, pseudo-labels and (`final`) SemiEvol. `warm_from`: an
     adapter that labels the pool instead of the run's SFT (made the champion of a registry in the
-    run directory, with warm_from: champion: the product's rounds path). `tag` names the variant
+    run directory, with rounds.warm_from: champion: the product's rounds path). `tag` names the variant
     (run directory `<...>-<tag>`, systems `<system>_<tag>`)."""
     from semievol_core.pipeline import run_semievol
     from semievol_core.registry import Registry
@@ -147,7 +147,7 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str], tag: str | Non
     sfx = f"_{tag}" if tag else ""
     registry = None
     if warm_from is not None:
-        extra = extra + ["warm_from=champion"]
+        extra = extra + ["rounds.warm_from=champion"]
         registry = Registry(run / "registry")
         registry.promote(registry.register(warm_from, source_note="bench --warm-from")["id"])
     cfg = recipe_config(recipe, extra)
@@ -240,7 +240,7 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
                           start=str(warm), extra_steps=steps, **adapter_facts(adapter)))
     sft_arm = preds[f"sft{sfx}_plus{steps}"]
     for r in out[1:]:  # each pseudo-labelled arm against gold only, paired
-        r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.bootstrap_samples, cfg.seed)
+        r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.evaluation.bootstrap_samples, cfg.seed)
     return out
 
 

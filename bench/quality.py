@@ -4,12 +4,12 @@
     .venv/bin/python bench/quality.py --dataset arc --unlabeled 600
     .venv/bin/python bench/quality.py --dataset fpb --config bench/configs/quality.yaml --tag variant
     # ablation: same warm adapter and shards (re-used when their keys match), θ = 100%
-    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag theta100 --set theta=1.0 \
+    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag theta100 --set selection.theta=1.0 \
         --seed-from bench/runs/fpb --systems semievol
     # control: the SFT baseline with one more epoch (nothing else runs)
     .venv/bin/python bench/quality.py --dataset fpb --tag 3ep --set train.epochs=3 --systems sft
     # pseudo-label statistics only (no final training): recorded under "pseudo_labels" in quality.json
-    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag n1 --set n_collaborators=1 \
+    .venv/bin/python bench/quality.py --dataset fpb --unlabeled 300 --tag n1 --set collaboration.n_collaborators=1 \
         --seed-from bench/runs/fpb --pseudo-only
 
 Runs the plain pipeline (semievol_core.pipeline) with SmolLM2-135M-Instruct on CPU, then merges

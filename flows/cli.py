@@ -10,7 +10,8 @@
 
 Built with typer: one function per command, its options declared by its signature. Every config
 field is reachable from evolve and evaluate: `--set KEY=VALUE` (repeatable; dotted keys for nested
-fields, YAML values) on top of --preset/--config; --model and --theta are shortcuts for two of them.
+fields, YAML values) on top of --preset/--config; --model and --theta are shortcuts for `model` and
+`selection.theta`. A config with the flat keys of old (`theta: 0.3`) still loads, with a note.
 Flows run against the Prefect server in PREFECT_API_URL when it is set, otherwise in a temporary
 local (ephemeral) server. import-csv is a plain local conversion and does not start Prefect.
 User errors (bad options, data, config, missing files) print one line `semievol: error: ...` and
@@ -122,7 +123,7 @@ def _debug(ctx: typer.Context) -> bool:
 # ------------------------------------------------------------------------------ config
 def _load_config(path: str | Path | None, preset: Preset | None, shortcuts: dict, sets: Sequence[str] = ()):
     """SemiEvolConfig from a file (or the preset's), then the shortcut options that were given
-    (e.g. {"theta": 0.3}; None = not given), then `--set` pairs; validated once."""
+    (by field, e.g. {"selection.theta": 0.3}; None = not given), then `--set` pairs; validated once."""
     from semievol_core.config import SemiEvolConfig, apply_overrides, load_yaml_mapping
 
     source = Path(path) if path else (CONFIG_DIR / preset.config if preset else None)
@@ -134,16 +135,16 @@ def _load_config(path: str | Path | None, preset: Preset | None, shortcuts: dict
             data = load_yaml_mapping(source)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    data.update({key: value for key, value in shortcuts.items() if value is not None})
+    given = {field: value for field, value in shortcuts.items() if value is not None}
     try:
-        apply_overrides(data, sets)
+        apply_overrides(data, sets, given, source=str(source or "config"))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
         return SemiEvolConfig.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError: one line per config, not a traceback
-        given = [f"--{key}" for key, value in shortcuts.items() if value is not None]
-        where = " + ".join([str(source)] * bool(source) + given + ["--set"] * bool(sets)) or "config"
+        options = [f"--{field.rpartition('.')[2]}" for field in given]  # an option: its field's last name
+        where = " + ".join([str(source)] * bool(source) + options + ["--set"] * bool(sets)) or "config"
         raise UserError(f"{where}: {_validation_line(exc)}") from None
 
 
@@ -154,7 +155,10 @@ def _validation_line(exc: Exception) -> str:
     parts = []
     for e in errors():
         loc = ".".join(str(x) for x in e.get("loc", ())) or "config"
-        shown = "input" in e and loc != "execution.api_key"  # never echo what may be a pasted key
+        # Only a plain value is echoed, never an api_key's (it may be a pasted key) nor a mapping,
+        # which might hold one.
+        shown = ("input" in e and isinstance(e["input"], (str, int, float, bool, type(None)))
+                 and tuple(e.get("loc", ()))[-1:] != ("api_key",))
         parts.append(f"{loc}: {e.get('msg')} (got {e.get('input')!r})" if shown else f"{loc}: {e.get('msg')}")
     return "; ".join(parts)
 
@@ -244,7 +248,7 @@ def evolve(
     config: ConfigFile = None,
     model: Model = None,
     theta: Annotated[float | None, typer.Option(
-        help="selection quantile θ in (0, 1]; shortcut for --set theta=...")] = None,
+        help="selection quantile θ in (0, 1]; shortcut for --set selection.theta=...")] = None,
     set_: Sets = None,
     limit_labeled: Limit = None,
     limit_unlabeled: Limit = None,
@@ -261,7 +265,8 @@ def evolve(
     from semievol_core.report import systems_table
 
     chosen = PRESETS[preset] if preset else None
-    cfg = _no_progress(_load_config(config, chosen, {"model": model, "theta": theta}, set_ or []), no_progress)
+    cfg = _no_progress(_load_config(config, chosen, {"model": model, "selection.theta": theta}, set_ or []),
+                       no_progress)
     limits = {"labeled": limit_labeled or (chosen.labeled if chosen else None),
               "unlabeled": limit_unlabeled or (chosen.unlabeled if chosen else None),
               "test": limit_test or (chosen.test if chosen else None)}

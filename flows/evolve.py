@@ -1,7 +1,7 @@
 """The `evolve` flow: the whole SemiEvol method as cached Prefect tasks.
 
     from flows.evolve import evolve
-    report = evolve("data/fpb", "runs/fpb", SemiEvolConfig(theta=0.3), Limits(labeled=64))
+    report = evolve("data/fpb", "runs/fpb", SemiEvolConfig(selection={"theta": 0.3}), Limits(labeled=64))
 
 The steps, their order and what each reads are declared once, in `semievol_core.graph`; this flow
 walks that graph with every step as a cached task (tasks/step.py), exactly as
@@ -49,9 +49,9 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
     it only if the promotion gate passes (semievol_core/gate.py)."""
     log = get_run_logger()
     gate = gate and "semievol" in systems
-    # The registry is read for its champion (warm_from: champion) even when nothing is promoted.
+    # The registry is read for its champion (rounds.warm_from: champion) even when nothing is promoted.
     reg = Registry(registry or Path(data_dir) / "registry") \
-        if gate or registry or config.warm_from == "champion" else None
+        if gate or registry or config.rounds.warm_from == "champion" else None
     todo = graph.plan(systems, gate=gate)
     out = Path(out_dir).resolve()
     # One run per directory (created by the lock): a second one fails at once (atomic.LockHeld).

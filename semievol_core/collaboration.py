@@ -82,10 +82,11 @@ def generate_responses(
             raise ValueError("a warm collaborator needs the warm adapter")
         chats = _chats(questions, demos_by_id, collab.n_demos, cfg.system_prompt)
         seed = _stable_seed(cfg.seed, collab.name)
-        if cfg.collaboration_mode == "choice_logprobs" and answer_type == "choice":
+        if cfg.collaboration.mode == "choice_logprobs" and answer_type == "choice":
             rows += _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, seed)
             continue
-        sampling = Sampling(n=count, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=seed)
+        sampling = Sampling(n=count, temperature=cfg.collaboration.temperature,
+                            max_tokens=cfg.collaboration.max_new_tokens, seed=seed)
         gens = backend.generate(chats, sampling, adapter=adapter)
         for uid, opts, samples in zip(questions["id"], questions["options"], gens):
             for s, g in enumerate(samples):
@@ -102,19 +103,19 @@ def _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, s
     H is -log p(letter) under the model's full-vocabulary distribution: the NLL of the one answer
     token, the same quantity the paper averages over a free-text reply's tokens.
     """
-    rows = []
+    rows, temperature = [], cfg.collaboration.temperature
     for i, scores in score_letters(backend, chats, questions["options"].tolist(), adapter=adapter):
         uid = questions["id"].iloc[i]
         lp = scores.astype(np.float64)
         n = len(lp)
         letters = list(LETTERS[:n])
         # Sampling distribution: the letters' probabilities renormalised, at the temperature.
-        if cfg.temperature > 0:
-            z = (lp - lp.max()) / cfg.temperature
+        if temperature > 0:
+            z = (lp - lp.max()) / temperature
             p = np.exp(z) / np.exp(z).sum()
         rng = np.random.default_rng(_stable_seed(seed, uid))
         for s in range(count):
-            pick = int(rng.choice(n, p=p)) if cfg.temperature > 0 else int(np.argmax(lp))
+            pick = int(rng.choice(n, p=p)) if temperature > 0 else int(np.argmax(lp))
             text = letter_reply(letters, lp, pick)
             rows.append((uid, collab.name, collab.model, collab.n_demos, s, text, letters[pick],
                          True, "letter_logprobs", 1, float(-lp[pick]), "stop"))

@@ -8,7 +8,7 @@
 Both predictions cover the same test questions (the run's test table), so the test is paired:
 McNemar's exact p on the questions exactly one of them gets right, and the accuracy difference with
 its paired bootstrap CI (steps.compare). Promote when p < alpha AND the gain is at least
-`min_gain` points (both in the config: gate_alpha, gate_min_gain). The first run, with no
+`min_gain` points (both in the config: gate.alpha, gate.min_gain). The first run, with no
 champion, is compared with this run's SFT adapter: the SemiEvol adapter must beat what the labels
 alone give before it ships.
 """

@@ -6,7 +6,7 @@
     needed_by("embed-unlabeled")          # frozenset({'semievol'})
 
 A step is a record: the function it runs (a thin call into `semievol_core.steps`), the named values
-it reads and the named values it returns, the config fields its output depends on (its cache key),
+it reads and the named values it returns, the config sections its output depends on (its cache key),
 whether it needs the accelerator, and (derived from the inputs) the systems that need it. Values
 are small: paths of tables and adapters, the answer type, selection statistics, metrics.
 
@@ -53,7 +53,10 @@ class Step:
     a list in the same order; key: optional (cfg, inputs) -> str, the part of the cache key that
     stands for inputs it names in `keyed_by_content` (a generation shard: its own questions and
     demonstrations, not the whole tables); files: inputs that are paths (keyed by content);
-    config: the config fields the output depends on."""
+    config: what of the config the output depends on, as `SemiEvolConfig.result_key` names it:
+    sections and top-level fields ("selection", "seed"), fields of a section ("propagation.k_demos")
+    and fields left out of a section named before ("-collaboration.knn_collaborator"). Never
+    `execution`."""
 
     name: str
     run: Callable[..., dict]
@@ -99,8 +102,8 @@ def _train_warm(cfg, run: Path, labeled: str) -> dict:
 
 def _pick_warm(cfg, run: Path, sft_adapter: str, champion: str | None) -> dict:
     """The warm model of collaboration, self-justification and a continued final fine-tune: this
-    run's SFT, or (warm_from: champion, paper Fig. 7's rounds) the registry's champion."""
-    return {"warm": champion if cfg.warm_from == "champion" and champion else sft_adapter}
+    run's SFT, or (rounds.warm_from: champion, paper Fig. 7's rounds) the registry's champion."""
+    return {"warm": champion if cfg.rounds.warm_from == "champion" and champion else sft_adapter}
 
 
 def _embed(kind: str) -> Callable[..., dict]:
@@ -167,25 +170,27 @@ def _select(cfg, run: Path, votes: str, justified: str, responses: str, unlabele
             oracle: str | None, answer_type: str) -> dict:
     pseudo = steps.select_step(cfg, votes, justified, responses, labeled, run / "pseudo_labels.parquet")
     stats = steps.selection_stats(pseudo, votes, oracle, answer_type, unlabeled, labeled=labeled,
-                                  responses=responses, agreement=cfg.agreement)
+                                  responses=responses, agreement=cfg.selection.agreement)
     return {"pseudo_labels": str(pseudo), "selection": stats}
 
 
 def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, unlabeled: str) -> dict:
-    if cfg.final_training == "union":  # paper Eq. 9: labeled + selected pseudo-labels, from the base
+    final = cfg.final
+    if final.training == "union":  # paper Eq. 9: labeled + selected pseudo-labels, from the base
         tables, start = [(labeled, "labeled")], None
-    elif cfg.final_training == "continue":  # released code: continue the warm adapter on the pseudo-labels
+    elif final.training == "continue":  # released code: continue the warm adapter on the pseudo-labels
         tables, start = [], warm
     else:  # "continue_union": continue the warm adapter on labeled + pseudo-labels
         tables, start = [(labeled, "labeled")], warm
-    if cfg.final_max_steps is not None:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": cfg.final_max_steps})})
+    if final.max_steps is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": final.max_steps})})
     return {"semievol_adapter": str(steps.train_adapter(cfg, tables, run / "semievol_adapter", init_adapter=start,
                                                         pseudo_labels=pseudo_labels, unlabeled=unlabeled))}
 
 
-EVAL_CONFIG = ("model", "eval_mode", "eval_max_new_tokens", "system_prompt", "k_demos", "bootstrap_samples",
-               "seed")
+# What an evaluation reads: k_demos (the demonstrations of rag_knn), not the embedder, which reaches
+# it as the test neighbours.
+EVALUATION_CONFIG = ("model", "system_prompt", "seed", "propagation.k_demos", "evaluation")
 # The systems (and the champion) that run with an adapter -> the value holding it.
 ADAPTER_OF = {"sft": "sft_adapter", "semievol": "semievol_adapter", "champion": "champion"}
 
@@ -208,8 +213,8 @@ def _evaluate_step(system: str) -> Step:
     adapter = (ADAPTER_OF[system],) if system in ADAPTER_OF else ()
     nb = ("labeled", "test_neighbors") if system in NEIGHBOR_SYSTEMS else ()
     return Step(f"evaluate-{system}", _evaluate(system), ("test", "answer_type", *adapter, *nb),
-                (f"metrics_{system}", f"predictions_{system}"), config=EVAL_CONFIG, accelerator=system != "knn_vote", task="evaluate",
-                files=("test", *adapter, *nb))
+                (f"metrics_{system}", f"predictions_{system}"), config=EVALUATION_CONFIG,
+                accelerator=system != "knn_vote", task="evaluate", files=("test", *adapter, *nb))
 
 
 def _evaluate_champion(cfg, run: Path, test: str, answer_type: str, champion: str | None) -> dict:
@@ -227,54 +232,54 @@ def _gate(cfg, run: Path, predictions_semievol: str, predictions_sft: str,
 
     baseline, against = ((predictions_champion, "champion") if predictions_champion
                          else (predictions_sft, "sft"))
-    return {"gate": decide(predictions_semievol, baseline, against, cfg.gate_alpha, cfg.gate_min_gain,
-                           cfg.bootstrap_samples, cfg.seed)}
+    return {"gate": decide(predictions_semievol, baseline, against, cfg.gate.alpha, cfg.gate.min_gain,
+                           cfg.evaluation.bootstrap_samples, cfg.seed)}
 
 
-TRAIN_CONFIG = ("model", "train", "pseudo_weight")
-# The configuration each step reads is named here, next to the step, and nowhere else.
+TRAINING_CONFIG = ("model", "train")  # an adapter's config besides its examples and start
+# The configuration each step reads is named here, next to the step, or (read by a file-level key
+# in steps.py too) in steps.py, and nowhere else.
 STEPS: tuple[Step, ...] = (
     Step("prepare", _prepare, ("data_dir", "limits"),
          ("labeled", "unlabeled", "test", "oracle", "answer_type", "counts"), config=("seed", "answer_type"),
          keyed_by_content=("data_dir",), key=lambda cfg, inputs: steps.dataset_fingerprint(inputs["data_dir"])),
-    Step("train-warm", _train_warm, ("labeled",), ("sft_adapter",), config=TRAIN_CONFIG, accelerator=True,
+    Step("train-warm", _train_warm, ("labeled",), ("sft_adapter",), config=TRAINING_CONFIG, accelerator=True,
          files=("labeled",)),
-    Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("warm_from",),
+    Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("rounds",),
          files=("sft_adapter", "champion")),
-    *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("embedder",), accelerator=True,
-           task="embed", files=(kind,)) for kind in ("labeled", "unlabeled", "test")),
+    *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("propagation.embedder",),
+           accelerator=True, task="embed", files=(kind,)) for kind in ("labeled", "unlabeled", "test")),
     Step("retrieve-unlabeled", _retrieve_unlabeled, ("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled"),
-         ("neighbors",), config=("k_demos",), task="retrieve",
+         ("neighbors",), config=("propagation",), task="retrieve",
          files=("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled")),
     Step("retrieve-test", _retrieve_test, ("test", "vecs_test", "labeled", "vecs_labeled"), ("test_neighbors",),
-         config=("k_demos",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
+         config=("propagation",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
     Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_ids",), files=("unlabeled",),
          key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size}"),  # execution, yet it sets the plan
     Step("generate", _generate, ("shard_ids", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
          ("shards",), accelerator=True, each="shard_ids", key=_shard_key,
          keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),
          config=steps.GENERATION_CONFIG),
-    Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("knn_collaborator",),
+    Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("collaboration",),
          files=("shards", "labeled", "neighbors")),
     Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
     Step("justify", _justify, ("shard_ids", "votes", "responses", "unlabeled", "warm", "answer_type"),
-         ("justified_shards",), config=steps.JUSTIFY_CONFIG, accelerator=True, each="shard_ids", key=_justify_key,
+         ("justified_shards",), config=steps.JUSTIFICATION_CONFIG, accelerator=True, each="shard_ids", key=_justify_key,
          keyed_by_content=("item", "votes", "responses", "unlabeled", "warm")),
     Step("collect-justified", _collect_justified, ("justified_shards",), ("justified",),
          files=("justified_shards",)),
     Step("select", _select, ("votes", "justified", "responses", "unlabeled", "labeled", "oracle", "answer_type"),
-         ("pseudo_labels", "selection"),
-         config=("theta", "selection_scope", "class_balance", "source_balance", "agreement", "class_quota"),
+         ("pseudo_labels", "selection"), config=("selection",),
          files=("votes", "justified", "responses", "unlabeled", "labeled", "oracle")),
     Step("train-final", _train_final, ("labeled", "warm", "pseudo_labels", "unlabeled"), ("semievol_adapter",),
-         config=(*TRAIN_CONFIG, "final_training", "final_max_steps"), accelerator=True,
+         config=(*TRAINING_CONFIG, "final"), accelerator=True,
          files=("labeled", "warm", "pseudo_labels", "unlabeled")),
     *(_evaluate_step(system) for system in SYSTEMS),
     Step("evaluate-champion", _evaluate_champion, ("test", "answer_type", "champion"),
-         ("metrics_champion", "predictions_champion"), config=EVAL_CONFIG, accelerator=True, task="evaluate",
+         ("metrics_champion", "predictions_champion"), config=EVALUATION_CONFIG, accelerator=True, task="evaluate",
          files=("test", "champion")),
     Step("gate", _gate, ("predictions_semievol", "predictions_sft", "predictions_champion"), ("gate",),
-         config=("gate_alpha", "gate_min_gain", "bootstrap_samples", "seed"),
+         config=("gate", "evaluation", "seed"),
          files=("predictions_semievol", "predictions_sft", "predictions_champion")),
 )
 
@@ -305,7 +310,7 @@ EVALUATION: tuple[Step, ...] = (
     Step("prepare-test", _prepare_test, ("test_table", "limit"), ("test", "answer_type", "n"),
          config=("seed", "answer_type"), files=("test_table",)),
     Step("evaluate-model", _evaluate_model, ("test", "answer_type", "adapter", "name"), ("metrics", "predictions"),
-         config=EVAL_CONFIG, accelerator=True, task="evaluate", files=("test", "adapter")),
+         config=EVALUATION_CONFIG, accelerator=True, task="evaluate", files=("test", "adapter")),
 )
 BY_NAME = {s.name: s for s in STEPS + EVALUATION}
 _PRODUCER = {out: s for s in STEPS for out in s.outputs}  # of the evolve graph
@@ -363,7 +368,7 @@ def _plain(value: Any) -> Any:
 def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict,
              digest: Callable[[str], str] = steps.file_digest) -> str:
     """What a step's output depends on, and nothing else: the code (CODE_VERSION and the step's
-    source), the config fields it reads (never execution settings), its file inputs by content
+    source), the config sections it reads (`step.config`; never execution), its file inputs by content
     (`digest`), its other inputs by value, and its own key part (`step.key`) for the inputs it
     covers. The step writes under `<run>/<step>/<key>/` (semievol_core/store.py)."""
     parts: dict[str, Any] = {"code": steps.CODE_VERSION, "step": step.name, "source": step.source_digest(),

@@ -5,7 +5,7 @@
 
 For each question without consensus the warm model reads the question, its options and every
 collaborator's reply (answer and reasoning) and answers once, greedily: this is a decision, not
-another sample. Questions with consensus are not asked again. With collaboration_mode
+another sample. Questions with consensus are not asked again. With collaboration.mode
 "choice_logprobs" on a choice task, the decision is the most likely option letter after the
 justification prompt, and H its NLL, just as the collaborators' answers were made.
 """
@@ -39,9 +39,9 @@ def justify(backend: Backend, votes: pd.DataFrame, responses: pd.DataFrame, ques
         cands = [Candidate(a if isinstance(a, str) else None, t) for a, t in zip(g["answer"], g["text"])]
         chats.append(justification_chat(q["question"], q["options"], cands, system=cfg.system_prompt))
         options.append(q["options"])
-    if cfg.collaboration_mode == "choice_logprobs" and answer_type == "choice":
+    if cfg.collaboration.mode == "choice_logprobs" and answer_type == "choice":
         return _justify_by_letters(backend, disputed, chats, options, warm_adapter)
-    sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.justify_max_new_tokens, seed=cfg.seed)
+    sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.justification.max_new_tokens, seed=cfg.seed)
     gens = backend.generate(chats, sampling, adapter=warm_adapter)
     rows = []
     for uid, opts, (g,) in zip(disputed, options, gens):

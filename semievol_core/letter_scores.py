@@ -7,7 +7,7 @@
 One backend.choice_logprobs call scores the same letters for every chat it gets, so questions are
 scored in groups by their number of options: fewest options first, each group in question order.
 Collaboration (the collaborators' answers), self-justification (the warm model's decision) and
-evaluation (eval_mode "choice_logprobs") all answer this way.
+evaluation (evaluation.mode "choice_logprobs") all answer this way.
 """
 
 from __future__ import annotations

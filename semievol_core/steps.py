@@ -39,7 +39,7 @@ from .answers import infer_answer_type
 from .atomic import atomic_path, exclusive_lock
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
-from .config import SemiEvolConfig, resolve_api_key
+from .config import OpenAIConfig, SemiEvolConfig, VLLMConfig, resolve_api_key
 from .data import atomic_write_parquet, read_table, table_parts, write_table, write_table_parts
 from .evaluation import metrics, predict
 from .justification import justify
@@ -112,25 +112,28 @@ _BACKENDS: dict[tuple, Backend] = {}
 
 def get_backend(cfg: SemiEvolConfig) -> Backend:
     """The process's backend for this model: loaded once, adapters switched, never reloaded per step."""
-    ex = cfg.execution
-    if ex.backend == "transformers":
-        opts = dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,
-                    progress=ex.progress)
-    elif ex.backend == "openai":
-        if not ex.base_url:
-            raise ValueError("execution.backend 'openai' needs execution.base_url")
-        # The key is read here, where it is used; the config only says where it is.
-        opts = dict(base_url=ex.base_url, api_key=resolve_api_key(ex.api_key), concurrency=ex.concurrency,
-                    deadline=ex.request_deadline_seconds)
-    else:
-        opts = {}
-    model = (ex.served_model or cfg.model) if ex.backend == "openai" else cfg.model
+    model, opts = backend_options(cfg)
+    name = cfg.execution.backend.name
     # json.dumps sees only the key's mask; the SecretStr itself (hashed by its value) tells a
     # rotated key apart.
-    key = (ex.backend, model, json.dumps(opts, sort_keys=True, default=str), opts.get("api_key"))
+    key = (name, model, json.dumps(opts, sort_keys=True, default=str), opts.get("api_key"))
     if key not in _BACKENDS:
-        _BACKENDS[key] = make_backend(ex.backend, model, **opts)
+        _BACKENDS[key] = make_backend(name, model, **opts)
     return _BACKENDS[key]
+
+
+def backend_options(cfg: SemiEvolConfig) -> tuple[str, dict]:
+    """(the model name the backend is given, its options) for the configured backend."""
+    ex, backend = cfg.execution, cfg.execution.backend
+    if isinstance(backend, OpenAIConfig):
+        # The key is read here, where it is used; the config only says where it is.
+        return backend.served_model or cfg.model, dict(
+            base_url=backend.base_url, api_key=resolve_api_key(backend.api_key), concurrency=ex.concurrency,
+            deadline=backend.request_deadline_seconds)
+    if isinstance(backend, VLLMConfig):
+        return cfg.model, dict(max_lora_rank=backend.max_lora_rank)
+    return cfg.model, dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,
+                           progress=ex.progress)
 
 
 _EMBEDDERS: dict[str, "Embedder"] = {}
@@ -140,9 +143,10 @@ def get_embedder(cfg: SemiEvolConfig) -> "Embedder":
     """The process's sentence embedder: loaded once for the labeled, unlabeled and test tables."""
     from .embed import Embedder
 
-    if cfg.embedder not in _EMBEDDERS:
-        _EMBEDDERS[cfg.embedder] = Embedder(cfg.embedder)
-    emb = _EMBEDDERS[cfg.embedder]
+    name = cfg.propagation.embedder
+    if name not in _EMBEDDERS:
+        _EMBEDDERS[name] = Embedder(name)
+    emb = _EMBEDDERS[name]
     emb.progress = cfg.execution.progress
     return emb
 
@@ -242,7 +246,7 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
                   unlabeled: str | Path | None = None) -> Path:
     """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions).
     With pseudo-labels, early stopping validates on the gold (table) rows only and a pseudo-label's
-    loss is weighted cfg.pseudo_weight. Whether it needs training at all is the caller's business:
+    loss is weighted cfg.final.pseudo_weight. Whether it needs training at all is the caller's business:
     a graph step runs only when its key directory is incomplete (semievol_core/store.py)."""
     from .training import train_lora
 
@@ -256,7 +260,7 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
                         init_adapter=str(init_adapter) if init_adapter else None,
                         progress=cfg.execution.progress, threads=cfg.execution.threads,
                         gradient_checkpointing=cfg.execution.gradient_checkpointing,
-                        n_gold=n_gold, pseudo_weight=cfg.pseudo_weight)
+                        n_gold=n_gold, pseudo_weight=cfg.final.pseudo_weight)
     return Path(result.adapter_dir)
 
 
@@ -276,7 +280,7 @@ def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, qu
     q = read_table(queries, query_kind)
     lab = read_table(labeled, "labeled")
     nb = retrieve_neighbors(q["id"].tolist(), np.load(query_vecs), lab["id"].tolist(), np.load(labeled_vecs),
-                            k=cfg.k_demos, unlabeled_texts=q["question"].tolist(),
+                            k=cfg.propagation.k_demos, unlabeled_texts=q["question"].tolist(),
                             labeled_texts=lab["question"].tolist())
     return save_frame(nb, out)
 
@@ -303,9 +307,13 @@ def shard_plan(unlabeled: str | Path, shard_size: int) -> list[list[str]]:
             for i in range(int(start), int(end), shard_size)]
 
 
-# The config fields a shard's responses depend on (collaboration.py reads these).
-GENERATION_CONFIG = ("model", "seed", "system_prompt", "k_demos", "n_collaborators", "collaborators",
-                     "temperature", "max_new_tokens", "collaboration_mode", "answer_type")
+# The config a shard's responses depend on (collaboration.py reads it; graph: the generate step).
+# Left out: knn_collaborator, as the kNN vote joins the responses after generation (collect), so
+# turning it on regenerates nothing; the embedder, which reaches a shard as its demonstrations;
+# `rounds`, which decides the warm model (warm_key), so the nightly rounds and the weekly refresh
+# share shards.
+GENERATION_CONFIG = ("model", "seed", "system_prompt", "answer_type", "propagation.k_demos", "collaboration",
+                     "-collaboration.knn_collaborator")
 
 
 def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.DataFrame,
@@ -323,9 +331,9 @@ def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.
 
 
 def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
-    """The warm model's part of a shard's key: its weights, or, with reuse_pseudo_labels, nothing,
-    so a shard answered once is kept whichever champion labels the next night's rows."""
-    return "any warm model" if cfg.reuse_pseudo_labels else file_digest(warm_adapter)
+    """The warm model's part of a shard's key: its weights, or, with rounds.reuse_pseudo_labels,
+    nothing, so a shard answered once is kept whichever champion labels the next night's rows."""
+    return "any warm model" if cfg.rounds.reuse_pseudo_labels else file_digest(warm_adapter)
 
 
 def shard_inputs(ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
@@ -344,7 +352,8 @@ def shard_generation_key(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str
 
 
 def collaborators_of(cfg: SemiEvolConfig):
-    return cfg.collaborators or plan_collaborators(cfg.n_collaborators, cfg.k_demos, cfg.seed)
+    collab = cfg.collaboration
+    return collab.collaborators or plan_collaborators(collab.n_collaborators, cfg.propagation.k_demos, cfg.seed)
 
 
 def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
@@ -362,7 +371,7 @@ def collect_responses(cfg: SemiEvolConfig, shard_files: Sequence[str | Path], la
                       neighbors: str | Path, out: str | Path) -> Path:
     """All shards in one table (+ the kNN label vote as a collaborator when configured)."""
     frames = [load_frame(f) for f in shard_files]
-    if cfg.knn_collaborator:
+    if cfg.collaboration.knn_collaborator:
         lab = read_table(labeled, "labeled")
         votes = knn_label_vote(load_frame(neighbors), dict(zip(lab["id"], lab["answer"])))
         if len(votes):
@@ -376,8 +385,9 @@ def vote_step(responses: str | Path, out: str | Path) -> Path:
     return save_frame(vote(load_frame(responses)), out)
 
 
-# The config fields self-justification reads (justification.py).
-JUSTIFY_CONFIG = ("model", "system_prompt", "collaboration_mode", "justify_max_new_tokens", "seed")
+# The config self-justification reads (justification.py; graph: the justify step): the rest of
+# `collaboration` reaches it through the responses, and `rounds` through warm_key.
+JUSTIFICATION_CONFIG = ("model", "system_prompt", "seed", "collaboration.mode", "justification")
 
 
 def justification_inputs(ids: Sequence[str], votes: str | Path, responses: str | Path,
@@ -402,7 +412,7 @@ def _justification_key(cfg: SemiEvolConfig, vt: pd.DataFrame, resp: pd.DataFrame
                        warm_adapter: str | Path, answer_type: str) -> str:
     h = hashlib.sha256()
     h.update(CODE_VERSION.encode())
-    h.update(cfg.result_key(*JUSTIFY_CONFIG).encode())
+    h.update(cfg.result_key(*JUSTIFICATION_CONFIG).encode())
     h.update(answer_type.encode())
     h.update(warm_key(cfg, warm_adapter).encode())
     for frame in (vt, resp[["unlabeled_id", "model", "answer", "text"]], qs[["id", "question", "options"]]):
@@ -429,13 +439,14 @@ def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, r
                 labeled: str | Path, out: str | Path) -> Path:
     """pseudo_labels.parquet (selection.PSEUDO_COLUMNS). `labeled` gives class_quota its prior."""
     lab = read_table(labeled, "labeled")
-    if cfg.class_quota == "prior" and lab["options"].isna().any():
+    sel = cfg.selection
+    if sel.class_quota == "prior" and lab["options"].isna().any():
         raise ValueError("class_quota 'prior' needs a multiple-choice task (options on every labeled "
                          "row): with free answers every distinct answer would be a class")
     df = select_pseudo_labels(load_frame(votes), load_frame(justified), load_frame(responses),
-                              theta=cfg.theta, scope=cfg.selection_scope, class_balance=cfg.class_balance,
-                              source_balance=cfg.source_balance, agreement=cfg.agreement,
-                              class_quota=cfg.class_quota, labeled_answers=lab["answer"].tolist())
+                              theta=sel.theta, scope=sel.scope, class_balance=sel.class_balance,
+                              source_balance=sel.source_balance, agreement=sel.agreement,
+                              class_quota=sel.class_quota, labeled_answers=lab["answer"].tolist())
     return save_frame(df, out)
 
 
@@ -534,10 +545,11 @@ def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_t
     else:
         demos = demos_by_id(nb, lab) if system == "rag_knn" else None
         preds = predict(get_backend(cfg), tst, answer_type, adapter=str(adapter) if adapter else None,
-                        demos_by_id=demos, n_demos=cfg.k_demos if demos else 0, mode=cfg.eval_mode,
-                        max_new_tokens=cfg.eval_max_new_tokens, system=cfg.system_prompt)
+                        demos_by_id=demos, n_demos=cfg.propagation.k_demos if demos else 0,
+                        mode=cfg.evaluation.mode, max_new_tokens=cfg.evaluation.max_new_tokens,
+                        system=cfg.system_prompt)
     save_frame(preds, out)
-    return metrics(preds, answer_type, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed)
+    return metrics(preds, answer_type, bootstrap_samples=cfg.evaluation.bootstrap_samples, seed=cfg.seed)
 
 
 SIGNIFICANCE = 0.05  # McNemar p below which a difference counts as real
@@ -560,5 +572,5 @@ def compare(pred_a: str | Path, pred_b: str | Path, bootstrap_samples: int = 100
 def verdict(pred_dir: str | Path, cfg: SemiEvolConfig) -> dict:
     """The report entries that answer "is SemiEvol better than SFT?" (both predictions present)."""
     cmp = compare(Path(pred_dir) / "semievol.parquet", Path(pred_dir) / "sft.parquet",
-                  cfg.bootstrap_samples, cfg.seed)
+                  cfg.evaluation.bootstrap_samples, cfg.seed)
     return {"semievol_vs_sft": cmp, "mcnemar_p_semievol_vs_sft": cmp["mcnemar_p"]}

@@ -11,7 +11,7 @@ No task retries: the OpenAI backend retries each request itself within one deadl
 bad configs and code errors would only fail again.
 
 API keys: importing this module teaches `semievol_core.config.resolve_api_key` to read
-`execution.api_key: "secret:<block>"` from a Prefect Secret block, inside the task that builds the
+`execution.backend.api_key: "secret:<block>"` from a Prefect Secret block, inside the task that builds the
 backend. The flow and task parameters carry only the reference, never the key.
 
 The `gpu` global concurrency limit: tasks that use the accelerator run inside `gpu_slot()`, so two

@@ -77,10 +77,20 @@ def test_user_errors_are_one_line_without_starting_prefect(tmp_path, sentiment_d
     assert "theta" in one_line_error(
         semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"), "--theta", "3"))
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("theta: 0.5\nn_collaborators: 0\nwhat: 1\n")
+    cfg.write_text("selection: {theta: 0.5}\ncollaboration: {n_collaborators: 0}\nwhat: 1\n")
     line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
                                    "--config", str(cfg)))
-    assert "n_collaborators" in line and "what" in line
+    assert "collaboration.n_collaborators" in line and "what" in line
+    cfg.write_text("theta: 0.5\nselection: {theta: 0.4}\n")  # one field, flat and nested
+    assert one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--config", str(cfg))) == (
+        f"semievol: error: {cfg}: theta and selection.theta both given (one field, flat and nested): keep "
+        "selection.theta")
+    cfg.write_text("theta: 0.5\neval_mode: generate\n")  # a flat config of old: one note, then the run
+    res = semievol("evolve", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--config", str(cfg))
+    assert res.stderr.strip().splitlines() == [
+        "config: flat keys moved: theta -> selection.theta, eval_mode -> evaluation.mode (rewrite with the nested "
+        "names)", f"semievol: error: {tmp_path / 'missing'}: dataset directory not found"]
     line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
                                    "--set", "train.epoch=3"))
     assert "train.epoch: Extra inputs are not permitted" in line
@@ -99,17 +109,18 @@ def test_user_errors_are_one_line_without_starting_prefect(tmp_path, sentiment_d
 
 
 def test_set_overrides_nested_fields_on_top_of_the_preset():
-    cfg = cli._load_config(None, cli.PRESETS["fpb-small"], {"theta": 0.3, "model": None},
+    cfg = cli._load_config(None, cli.PRESETS["fpb-small"], {"selection.theta": 0.3, "model": None},
                            ["train.epochs=2", "execution.batch_size=8", "train.early_stopping_patience=3",
-                            "collaborators=[{model: base, n_demos: 0}]"])
+                            "collaboration.collaborators=[{model: base, n_demos: 0}]"])
     assert (cfg.train.epochs, cfg.execution.batch_size, cfg.train.early_stopping_patience) == (2, 8, 3)
-    assert [c.name for c in cfg.collaborators] == ["base-0shot"]
-    assert cfg.theta == 0.3 and cfg.model == "smollm2-135m-instruct"  # shortcut given / not given
+    assert [c.name for c in cfg.collaboration.collaborators] == ["base-0shot"]
+    assert cfg.selection.theta == 0.3 and cfg.model == "smollm2-135m-instruct"  # shortcut given / not given
     # the preset's file still applies where nothing overrides it
-    assert (cfg.train.max_steps, cfg.agreement, cfg.execution.shard_size) == (96, "knn", 128)
-    # --set comes after the shortcuts; an empty value is null
-    cfg = cli._load_config(None, None, {"theta": 0.3}, ["theta=0.4", "system_prompt=", "train.max_steps="])
-    assert (cfg.theta, cfg.system_prompt, cfg.train.max_steps) == (0.4, None, None)
+    assert (cfg.train.max_steps, cfg.selection.agreement, cfg.execution.shard_size) == (96, "knn", 128)
+    assert cfg.collaboration.knn_collaborator and cfg.selection.class_quota == "prior"
+    # --set comes after the shortcuts; an empty value is null; a flat name of old still works
+    cfg = cli._load_config(None, None, {"selection.theta": 0.3}, ["theta=0.4", "system_prompt=", "train.max_steps="])
+    assert (cfg.selection.theta, cfg.system_prompt, cfg.train.max_steps) == (0.4, None, None)
 
 
 def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment_dataset, monkeypatch):
@@ -128,7 +139,8 @@ def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment
                      "--set", "execution.batch_size=8", "--limit-test", "7", "--systems", "sft",
                      "--no-progress"]) == 0
     cfg = received["config"]
-    assert (cfg.theta, cfg.train.epochs, cfg.execution.batch_size, cfg.execution.progress) == (0.3, 2, 8, False)
+    assert (cfg.selection.theta, cfg.train.epochs, cfg.execution.batch_size, cfg.execution.progress) == (
+        0.3, 2, 8, False)
     assert received["limits"] == Limits(labeled=32, unlabeled=32, test=7)  # the preset's, then --limit-test
     assert received["systems"] == ["sft"]
 
@@ -136,7 +148,9 @@ def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment
 @pytest.mark.parametrize("pair,expected", [
     ("train.epoch=3", "train.epoch: Extra inputs are not permitted (got 3)"),
     ("thta=0.3", "thta: Extra inputs are not permitted"),
-    ("theta=2", "theta: Input should be less than or equal to 1 (got 2)"),
+    ("selection.theta=2", "selection.theta: Input should be less than or equal to 1 (got 2)"),
+    ("theta=2", "selection.theta: Input should be less than or equal to 1 (got 2)"),  # the flat name of old
+    ("selection=2", "selection: Input should be a valid dictionary or instance of SelectionConfig (got 2)"),
     ("execution.batch_size=big", "execution.batch_size: Input should be a valid integer"),
     ("theta", "--set 'theta': expected KEY=VALUE"),
 ])
@@ -152,7 +166,7 @@ def test_bad_set_is_one_line_naming_the_key(tmp_path, pair, expected):
 @pytest.mark.slow
 def test_evaluate_command_runs_a_flow_through_prefect(tmp_path, sentiment_dataset, tiny_model_dir):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"model: {tiny_model_dir}\neval_mode: choice_logprobs\nbootstrap_samples: 100\n")
+    cfg.write_text(f"model: {tiny_model_dir}\nevaluation: {{mode: choice_logprobs, bootstrap_samples: 100}}\n")
     res = semievol("evaluate", "--test", str(sentiment_dataset), "--out", str(tmp_path / "eval"),
                    "--config", str(cfg), "--limit", "3", "--no-progress", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -6,30 +6,32 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from semievol_core.config import SemiEvolConfig
+from semievol_core.config import FinalConfig, RoundsConfig, SemiEvolConfig
 from semievol_core.embed import Embedder
 from semievol_core.models import resolve_model
 
 
 def test_config_defaults_are_the_papers():
     cfg = SemiEvolConfig()
-    assert (cfg.k_demos, cfg.n_collaborators, cfg.temperature, cfg.theta) == (3, 4, 1.0, 0.5)
-    assert cfg.final_training == "union" and cfg.selection_scope == "all"
+    collab = cfg.collaboration
+    assert (cfg.propagation.k_demos, collab.n_collaborators, collab.temperature) == (3, 4, 1.0)
+    assert cfg.selection.theta == 0.5
+    assert cfg.final.training == "union" and cfg.selection.scope == "all"
     assert (cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout) == (16, 32, 0.05)
 
 
 def test_config_yaml_round_trip_and_clear_errors(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("theta: 0.3\ntrain:\n  epochs: 2\nexecution:\n  batch_size: 4\n")
+    path.write_text("selection:\n  theta: 0.3\ntrain:\n  epochs: 2\nexecution:\n  batch_size: 4\n")
     cfg = SemiEvolConfig.from_yaml(path)
-    assert cfg.theta == 0.3 and cfg.train.epochs == 2 and cfg.execution.batch_size == 4
+    assert cfg.selection.theta == 0.3 and cfg.train.epochs == 2 and cfg.execution.batch_size == 4
     (tmp_path / "again.yaml").write_text(cfg.to_yaml())
     assert SemiEvolConfig.from_yaml(tmp_path / "again.yaml") == cfg
-    path.write_text("thetta: 0.3\n")
+    path.write_text("selection:\n  thetta: 0.3\n")
     with pytest.raises(ValidationError, match="thetta"):
         SemiEvolConfig.from_yaml(path)
-    path.write_text("theta: 1.5\n")
-    with pytest.raises(ValidationError, match="theta"):
+    path.write_text("selection:\n  theta: 1.5\n")
+    with pytest.raises(ValidationError, match=r"selection\.theta"):
         SemiEvolConfig.from_yaml(path)
     path.write_text("- a list\n")
     with pytest.raises(ValueError, match="mapping"):
@@ -42,8 +44,12 @@ def test_result_key_ignores_execution_settings():
     a = SemiEvolConfig()
     b = SemiEvolConfig(execution={"batch_size": 64, "threads": 1, "progress": False})
     assert a.result_key() == b.result_key()
-    assert a.result_key("theta") != SemiEvolConfig(theta=0.4).result_key("theta")
-    assert a.result_key("model") == SemiEvolConfig(theta=0.4).result_key("model")
+    c = SemiEvolConfig(selection={"theta": 0.4})
+    assert a.result_key("selection") != c.result_key("selection")
+    assert a.result_key("model") == c.result_key("model")
+    assert a.result_key("selection.scope") == c.result_key("selection.scope")
+    with pytest.raises(KeyError):
+        a.result_key("execution")  # never part of a key
 
 
 def test_resolve_model_paths(tmp_path, smollm2_dir):
@@ -92,8 +98,122 @@ def test_the_nightly_rounds_and_the_weekly_refresh_differ_only_where_they_should
     nightly, refresh = (by_name[n]["parameters"] for n in ("evolve-nightly", "evolve-refresh"))
     base = SemiEvolConfig.model_validate(doc["definitions"]["config"])
     rounds = SemiEvolConfig.model_validate(nightly["config"])
-    assert rounds == base.model_copy(update={"warm_from": "champion", "reuse_pseudo_labels": True,
-                                             "final_training": "continue_union"})
-    assert SemiEvolConfig.model_validate(refresh["config"]) == rounds.model_copy(update={"reuse_pseudo_labels": False})
+    assert rounds == base.model_copy(update={"rounds": RoundsConfig(warm_from="champion", reuse_pseudo_labels=True),
+                                             "final": FinalConfig(training="continue_union")})
+    assert SemiEvolConfig.model_validate(refresh["config"]) == rounds.model_copy(
+        update={"rounds": RoundsConfig(warm_from="champion", reuse_pseudo_labels=False)})
     assert refresh["out_dir"] == nightly["out_dir"] and refresh["data_dir"] == nightly["data_dir"]
     assert by_name["evolve-refresh"]["schedules"][0]["cron"] == "0 4 * * 0"
+
+
+# ------------------------------------------------------------------------------ the nesting by step
+# deployments/configs/paper.yaml as it was written before the config was nested by step.
+FLAT_PAPER = """\
+model: smollm2-135m-instruct
+k_demos: 3
+n_collaborators: 4
+temperature: 1.0
+collaboration_mode: generate
+theta: 0.5
+selection_scope: all
+final_training: union
+eval_mode: generate
+"""
+
+
+def test_an_old_flat_config_loads_as_the_nested_one_with_one_note(tmp_path, caplog):
+    from pathlib import Path
+
+    flat = tmp_path / "paper.yaml"
+    flat.write_text(FLAT_PAPER)
+    nested = Path(__file__).resolve().parents[1] / "deployments" / "configs" / "paper.yaml"
+    with caplog.at_level("WARNING", logger="semievol_core.config"):
+        old = SemiEvolConfig.from_yaml(flat)
+    assert old == SemiEvolConfig.from_yaml(nested)
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert note.startswith("config: flat keys moved: ") and "\n" not in note
+    for move in ("k_demos -> propagation.k_demos", "collaboration_mode -> collaboration.mode",
+                 "theta -> selection.theta", "selection_scope -> selection.scope", "final_training -> final.training",
+                 "eval_mode -> evaluation.mode"):
+        assert move in note
+    caplog.clear()
+    SemiEvolConfig.from_yaml(nested)
+    assert not caplog.records  # nothing moved, nothing said
+
+
+def test_a_field_given_flat_and_nested_is_refused_naming_both():
+    with pytest.raises(ValidationError, match=r"theta and selection\.theta both given"):
+        SemiEvolConfig.model_validate({"theta": 0.3, "selection": {"theta": 0.4}})
+    # a flat key beside other fields of its section moves in among them
+    cfg = SemiEvolConfig.model_validate({"theta": 0.3, "selection": {"scope": "justified"}})
+    assert (cfg.selection.theta, cfg.selection.scope) == (0.3, "justified")
+
+
+def test_overrides_take_old_and_new_names_on_old_and_new_files(caplog):
+    from semievol_core.config import apply_overrides
+
+    with caplog.at_level("WARNING", logger="semievol_core.config"):
+        for data in ({"theta": 0.5, "eval_mode": "choice_logprobs"}, {"selection": {"theta": 0.5}}):
+            for pair in ("theta=0.3", "selection.theta=0.3"):
+                cfg = SemiEvolConfig.model_validate(apply_overrides(dict(data), [pair]))
+                assert cfg.selection.theta == 0.3, (data, pair)
+    assert all(r.getMessage().count("\n") == 0 for r in caplog.records)
+    assert "theta -> selection.theta" in caplog.records[0].getMessage()
+    with pytest.raises(ValueError, match=r"run\.yaml: theta and selection\.theta both given"):
+        apply_overrides({"theta": 0.5, "selection": {"theta": 0.4}}, [], source="run.yaml")
+    cfg = SemiEvolConfig.model_validate(apply_overrides(
+        {}, ["execution.backend=openai", "execution.base_url=http://gpu:8000/v1", "execution.backend.served_model=m"]))
+    assert (cfg.execution.backend.name, cfg.execution.backend.base_url, cfg.execution.backend.served_model) == (
+        "openai", "http://gpu:8000/v1", "m")
+
+
+def test_backends_are_a_union_each_validated():
+    from semievol_core import steps
+
+    old = SemiEvolConfig(execution={"backend": "openai", "base_url": "http://gpu:8000/v1", "api_key": "env:K",
+                                    "request_deadline_seconds": 7, "batch_size": 4})
+    backend = old.execution.backend
+    assert (backend.name, backend.base_url, backend.api_key, backend.request_deadline_seconds) == (
+        "openai", "http://gpu:8000/v1", "env:K", 7)
+    assert old == SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": "http://gpu:8000/v1",
+                                                        "api_key": "env:K", "request_deadline_seconds": 7},
+                                            "batch_size": 4})
+    with pytest.raises(ValidationError, match=r"execution\.backend\.openai\.base_url\s+Field required"):
+        SemiEvolConfig(execution={"backend": {"name": "openai"}})
+    with pytest.raises(ValidationError, match=r"execution\.backend\.transformers\.base_url\s+Extra inputs"):
+        SemiEvolConfig(execution={"backend": {"name": "transformers", "base_url": "http://x"}})
+    with pytest.raises(ValidationError, match=r"max_lora_rank 8 is below train\.lora_r 16"):
+        SemiEvolConfig(execution={"backend": {"name": "vllm", "max_lora_rank": 8}})
+    SemiEvolConfig(execution={"backend": {"name": "vllm", "max_lora_rank": 8}}, train={"lora_r": 8})
+    vllm = SemiEvolConfig(execution={"backend": {"name": "vllm", "max_lora_rank": 32}})
+    assert steps.backend_options(vllm) == ("smollm2-135m-instruct", {"max_lora_rank": 32})
+
+
+def _config_keys(cfg: SemiEvolConfig) -> dict[str, str]:
+    from semievol_core import graph
+
+    return {s.name: cfg.result_key(*s.config) for s in graph.STEPS + graph.EVALUATION if s.config}
+
+
+@pytest.mark.parametrize("change,changed", [
+    ({"selection": {"theta": 0.3}}, {"select"}),
+    ({"execution": {"batch_size": 2, "threads": 1, "progress": False, "concurrency": 1}}, set()),
+    ({"rounds": {"reuse_pseudo_labels": True}}, {"pick-warm"}),
+    ({"rounds": {"warm_from": "champion"}}, {"pick-warm"}),
+    ({"collaboration": {"knn_collaborator": True}}, {"collect"}),  # the kNN vote joins after generation
+    ({"collaboration": {"temperature": 0.7}}, {"generate", "collect"}),
+    ({"collaboration": {"mode": "choice_logprobs"}}, {"generate", "collect", "justify"}),
+    ({"justification": {"max_new_tokens": 8}}, {"justify"}),
+    ({"propagation": {"embedder": "other"}}, {"embed-labeled", "embed-unlabeled", "embed-test",
+                                              "retrieve-unlabeled", "retrieve-test"}),
+    ({"final": {"pseudo_weight": 0.5}}, {"train-final"}),
+    ({"train": {"epochs": 2}}, {"train-warm", "train-final"}),
+    ({"gate": {"alpha": 0.01}}, {"gate"}),
+    ({"evaluation": {"bootstrap_samples": 200}}, {"evaluate-vanilla", "evaluate-rag_knn", "evaluate-knn_vote",
+                                                  "evaluate-sft", "evaluate-semievol", "evaluate-champion",
+                                                  "evaluate-model", "gate"}),
+])
+def test_a_step_key_follows_the_sections_the_step_reads(change, changed):
+    base = _config_keys(SemiEvolConfig())
+    other = _config_keys(SemiEvolConfig(**change))
+    assert {name for name in base if base[name] != other[name]} == changed

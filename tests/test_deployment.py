@@ -91,7 +91,8 @@ def test_evaluate_deployment_runs_on_a_process_worker(prefect_server, tmp_path, 
     assert "evaluate/evaluate-adhoc" in out
 
     params = {"test": str(sentiment_dataset), "out_dir": str(tmp_path / "eval"), "limit": 3,
-              "config": {"model": str(tiny_model_dir), "eval_mode": "choice_logprobs", "bootstrap_samples": 100,
+              "config": {"model": str(tiny_model_dir),
+                         "evaluation": {"mode": "choice_logprobs", "bootstrap_samples": 100},
                          "execution": {"progress": False}}}
     out = _prefect(env, "deployment", "run", "evaluate/evaluate-adhoc", "--params", json.dumps(params))
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)

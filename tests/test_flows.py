@@ -56,12 +56,14 @@ def _stop_temporary_server():
 def _cfg(model: Path, **over) -> SemiEvolConfig:
     # choice_logprobs: one forward pass per question (fast) and always a parsable letter, so the
     # random tiny model still yields pseudo-labels with entropies for θ to select from.
-    # gate_min_gain 100: the gate never promotes on its own here (a random model's gains are
-    # noise), so the champion changes only where a test promotes by hand.
-    over = {"gate_min_gain": 100.0, **over}
-    return SemiEvolConfig(model=str(model), train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
-                          collaboration_mode="choice_logprobs", eval_mode="choice_logprobs", bootstrap_samples=200,
-                          execution={"progress": False, "shard_size": 4}, **over)
+    # gate.min_gain 100: the gate never promotes on its own here (a random model's gains are
+    # noise), so the champion changes only where a test promotes by hand. A section in `over`
+    # replaces the one here.
+    fields = {"model": str(model), "train": {"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
+              "collaboration": {"mode": "choice_logprobs"},
+              "evaluation": {"mode": "choice_logprobs", "bootstrap_samples": 200},
+              "execution": {"progress": False, "shard_size": 4}, "gate": {"min_gain": 100.0}}
+    return SemiEvolConfig(**{**fields, **over})
 
 
 def _executed(log: Path) -> list[str]:
@@ -175,7 +177,7 @@ def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, ta
 def test_changing_theta_reruns_only_filter_final_train_and_semievol_eval(base_run, task_log, tiny_model_dir):
     from flows.evolve import evolve
 
-    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, theta=0.8))
+    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, selection={"theta": 0.8}))
     executed = _executed(task_log)
     # the gate re-runs only if the new predictions differ in bytes (a random tiny model may give the same)
     assert sorted(e for e in executed if e != "gate") == ["evaluate-semievol", "select", "train-final"]
@@ -189,7 +191,7 @@ def test_run_killed_in_shard_2_resumes_without_missing_or_duplicated_responses(
     """A new temperature invalidates generation (not training); the run dies in shard 2."""
     from flows.evolve import evolve
 
-    cfg = _cfg(tiny_model_dir, temperature=0.7)
+    cfg = _cfg(tiny_model_dir, collaboration={"mode": "choice_logprobs", "temperature": 0.7})
     real, calls = steps.generate_shard, []
 
     def crash_in_shard_2(*args, **kwargs):
@@ -230,7 +232,7 @@ def test_a_challenger_is_gated_against_the_champion_and_a_loser_leaves_it_in_pla
     first = Registry(root).records()[0]["id"]
     assert cli.main(["registry", "promote", "--registry", str(root), first]) == 0
     assert Registry(root).champion_id() == first and capsys.readouterr().out == f"champion: {first}\n"
-    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, theta=0.3))
+    report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, selection={"theta": 0.3}))
     executed = _executed(task_log)
     assert {"evaluate-champion", "gate", "train-final"} <= set(executed) and "train-warm" not in executed
     assert report["gate"]["against"] == "champion" and report["gate"]["promote"] is False
@@ -251,7 +253,7 @@ def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path
 
     table = tmp_path / "t.parquet"
     pd.DataFrame({"x": [1, 2]}).to_parquet(table)
-    step = graph.BY_NAME["vote"]  # reads no config; select reads theta
+    step = graph.BY_NAME["vote"]  # reads no config; select reads the selection section
 
     def key(cfg, step=graph.BY_NAME["select"], **extra):
         inputs = {name: str(table) for name in step.inputs} | extra
@@ -260,8 +262,8 @@ def test_cache_key_ignores_execution_settings_and_follows_result_fields(tmp_path
     base = SemiEvolConfig()
     assert key(base) == key(SemiEvolConfig(execution={"batch_size": 1, "shard_size": 7, "threads": 2}))
     assert key(base) == key(SemiEvolConfig(model="other"))  # not a field select reads
-    assert key(base) != key(SemiEvolConfig(theta=0.3))
-    assert key(base, step=step) == key(SemiEvolConfig(theta=0.3), step=step)
+    assert key(base) != key(SemiEvolConfig(selection={"theta": 0.3}))
+    assert key(base, step=step) == key(SemiEvolConfig(selection={"theta": 0.3}), step=step)
     assert key(base) != key(base, answer_type="text")
     before = key(base)
     pd.DataFrame({"x": [1, 3]}).to_parquet(table)  # same path, new content
@@ -321,11 +323,11 @@ def fake_server():
         s.server_close()
 
 
-def _openai_cfg(url: str, **execution) -> SemiEvolConfig:
+def _openai_cfg(url: str, **backend) -> SemiEvolConfig:
     # concurrency 1: requests go one by one, so exactly the first `fail` requests fail
-    return SemiEvolConfig(model="fake-model", eval_mode="generate", bootstrap_samples=100,
-                          execution={"backend": "openai", "base_url": url, "concurrency": 1, "progress": False,
-                                     **execution})
+    return SemiEvolConfig(model="fake-model", evaluation={"mode": "generate", "bootstrap_samples": 100},
+                          execution={"backend": {"name": "openai", "base_url": url, **backend}, "concurrency": 1,
+                                     "progress": False})
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 
 from semievol_core import steps
 from semievol_core.atomic import LockHeld
-from semievol_core.config import ExecutionConfig, SemiEvolConfig, resolve_api_key
+from semievol_core.config import OpenAIConfig, SemiEvolConfig, resolve_api_key
 from semievol_core.data import read_table, write_table
 
 from conftest import sentiment_rows
@@ -36,23 +36,29 @@ KEY = "sk-live-0123456789abcdef"
 def test_a_key_in_the_config_is_refused_without_echoing_it(tmp_path, sentiment_dataset, capsys):
     from pydantic import ValidationError
 
-    for make in (lambda: SemiEvolConfig(execution={"api_key": KEY}), lambda: ExecutionConfig(api_key=KEY)):
+    url = "http://127.0.0.1:9/v1"
+    for make in (lambda: SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": url, "api_key": KEY}}),
+                 lambda: SemiEvolConfig(execution={"backend": "openai", "base_url": url, "api_key": KEY}),  # flat
+                 lambda: OpenAIConfig(base_url=url, api_key=KEY)):
         with pytest.raises(ValidationError, match="env:VARIABLE or secret:PREFECT_BLOCK") as info:
             make()
         assert KEY not in str(info.value)  # tracebacks and logs print this text
     from flows.cli import main
 
-    assert main(["evaluate", "--test", str(sentiment_dataset), "--out", str(tmp_path / "eval"),
-                 "--set", f"execution.api_key={KEY}"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("semievol: error: ") and err.count("\n") == 1 and "execution.api_key" in err
-    assert KEY not in err
+    for sets in ([f"execution.backend={{name: openai, base_url: '{url}', api_key: {KEY}}}"],
+                 ["execution.backend=openai", f"execution.base_url={url}", f"execution.api_key={KEY}"],
+                 [f"execution.api_key={KEY}"]):  # no backend named: the key is not echoed either
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["evaluate", "--test", str(sentiment_dataset), "--out", str(tmp_path / "eval"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("semievol: error: ") and err.count("\n") == 1 and "execution.backend" in err
+        assert KEY not in err, err
 
 
 def test_the_config_carries_the_reference_and_the_backend_gets_the_key(monkeypatch):
     monkeypatch.setenv("SEMIEVOL_TEST_API_KEY", KEY)
-    cfg = SemiEvolConfig(execution={"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                    "api_key": "env:SEMIEVOL_TEST_API_KEY", "request_deadline_seconds": 7})
+    cfg = SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                "api_key": "env:SEMIEVOL_TEST_API_KEY", "request_deadline_seconds": 7}})
     for text in (cfg.to_yaml(), str(cfg.model_dump(mode="json")), repr(cfg)):
         assert "env:SEMIEVOL_TEST_API_KEY" in text and KEY not in text
     backend = steps.get_backend(cfg)  # builds the client lazily: nothing is sent here

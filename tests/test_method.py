@@ -12,7 +12,7 @@ import pytest
 from semievol_core import steps
 from semievol_core.backends.transformers_backend import TransformersBackend
 from semievol_core.collaboration import RESPONSE_COLUMNS, generate_responses, plan_collaborators
-from semievol_core.config import Collaborator, SemiEvolConfig
+from semievol_core.config import Collaborator, JustificationConfig, SemiEvolConfig
 from semievol_core.justification import justify
 from semievol_core.propagation import knn_label_vote, retrieve_neighbors
 from semievol_core.prompts import Candidate, Demo, format_question, justification_chat, question_chat, training_chat
@@ -78,7 +78,8 @@ def test_plan_collaborators_is_seeded_and_distinct():
     assert all(c.n_demos <= 3 for c in a)
     assert len(plan_collaborators(10, 3, seed=1)) == 10  # repeats once the 8 configurations run out
     with pytest.raises(ValueError, match="more demonstrations"):
-        SemiEvolConfig(k_demos=1, collaborators=[Collaborator(model="warm", n_demos=2)])
+        SemiEvolConfig(propagation={"k_demos": 1},
+                       collaboration={"collaborators": [Collaborator(model="warm", n_demos=2)]})
 
 
 def _responses(table):
@@ -187,7 +188,7 @@ def tiny_backend(tiny_model_dir):
 
 @pytest.mark.parametrize("mode", ["generate", "choice_logprobs"])
 def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, mode):
-    cfg = SemiEvolConfig(max_new_tokens=6, collaboration_mode=mode, seed=3)
+    cfg = SemiEvolConfig(collaboration={"max_new_tokens": 6, "mode": mode}, seed=3)
     collabs = [Collaborator(model="base", n_demos=0), Collaborator(model="base", n_demos=2),
                Collaborator(model="base", n_demos=2)]
     demos = {f"u{i}": [Demo("Sales fell.", OPTS, "A"), Demo("Sales rose.", OPTS, "C")] for i in range(4)}
@@ -211,14 +212,14 @@ def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, 
 def test_justify_asks_only_disputed_questions(tiny_backend):
     qs = _questions(3)
     resp = _responses({"u0": [("A", 0.1), ("A", 0.2)], "u1": [("A", 0.1), ("B", 0.2)], "u2": [("C", 0.3), (None, 0.2)]})
-    cfg = SemiEvolConfig(justify_max_new_tokens=5)
+    cfg = SemiEvolConfig(justification={"max_new_tokens": 5})
     out = justify(tiny_backend, vote(resp), resp, qs, None, cfg, "choice")
     assert out["unlabeled_id"].tolist() == ["u1", "u2"]
     # Greedy decoding of the random tiny model emits no EOS within the limit: every justification is
-    # cut at justify_max_new_tokens, and num_tokens counts exactly the tokens emitted.
+    # cut at justification.max_new_tokens, and num_tokens counts exactly the tokens emitted.
     assert out["num_tokens"].tolist() == [5, 5] and out["text"].map(len).gt(0).all()
-    short = justify(tiny_backend, vote(resp), resp, qs, None, cfg.model_copy(update={"justify_max_new_tokens": 2}),
-                    "choice")
+    shorter = cfg.model_copy(update={"justification": JustificationConfig(max_new_tokens=2)})
+    short = justify(tiny_backend, vote(resp), resp, qs, None, shorter, "choice")
     assert short["num_tokens"].tolist() == [2, 2]
 
 
@@ -226,8 +227,8 @@ def test_whole_method_on_the_tiny_model(tiny_model_dir, sentiment_dataset, tmp_p
     from semievol_core.pipeline import run_semievol
     from semievol_core.steps import load_frame
 
-    cfg = SemiEvolConfig(model=str(tiny_model_dir), collaboration_mode="choice_logprobs", knn_collaborator=True,
-                         eval_mode="choice_logprobs", justify_max_new_tokens=6,
+    cfg = SemiEvolConfig(model=str(tiny_model_dir), collaboration={"mode": "choice_logprobs", "knn_collaborator": True},
+                         evaluation={"mode": "choice_logprobs"}, justification={"max_new_tokens": 6},
                          train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None})
     cfg.execution.progress = False
     cfg.execution.shard_size = 4

@@ -1,5 +1,5 @@
 """Rounds on accumulating rows (issue 11): the champion labels the pool, and a night generates and
-justifies only the shards whose rows are new; `reuse_pseudo_labels: false` (the refresh) answers
+justifies only the shards whose rows are new; `rounds.reuse_pseudo_labels: false` (the refresh) answers
 every row again with the new warm model. Tiny random Llama, the in-process executor."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from semievol_core.registry import Registry
 
 def _cfg(model, **over) -> SemiEvolConfig:
     return SemiEvolConfig(model=str(model), train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
-                          collaboration_mode="choice_logprobs", eval_mode="choice_logprobs", bootstrap_samples=200,
-                          knn_collaborator=True, reuse_pseudo_labels=True, warm_from="champion",
-                          final_training="continue_union", execution={"progress": False, "shard_size": 4}, **over)
+                          collaboration={"mode": "choice_logprobs", "knn_collaborator": True},
+                          evaluation={"mode": "choice_logprobs", "bootstrap_samples": 200},
+                          rounds={"warm_from": "champion", "reuse_pseudo_labels": True},
+                          final={"training": "continue_union"}, execution={"progress": False, "shard_size": 4}, **over)
 
 
 def _shards(run, kind) -> dict[str, int]:
@@ -46,6 +47,6 @@ def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_di
     assert report["gate"]["against"] == "champion"  # the challenger met the champion
 
     # the weekly refresh: every row answered again by the champion
-    refresh = cfg.model_copy(update={"reuse_pseudo_labels": False})
+    refresh = cfg.model_copy(update={"rounds": cfg.rounds.model_copy(update={"reuse_pseudo_labels": False})})
     run_semievol(sentiment_dataset, run, refresh, systems=["sft", "semievol"], registry=reg.root)
     assert len(_shards(run, "responses")) == 4 + 4  # every shard again: 4 + 4 + 2 and 3 rows

@@ -97,11 +97,12 @@ def test_agreement_without_a_knn_vote_fails_loudly():
     with pytest.raises(ValueError, match="knn_collaborator"):
         select_pseudo_labels(votes, justified, llm_only, agreement="knn")
     with pytest.raises(ValidationError, match="knn_collaborator"):
-        SemiEvolConfig(agreement="knn")
+        SemiEvolConfig(selection={"agreement": "knn"})
     with pytest.raises(ValidationError, match="k_demos"):
-        SemiEvolConfig(agreement="knn", knn_collaborator=True, k_demos=0)
-    cfg = SemiEvolConfig(agreement="knn", knn_collaborator=True)
-    assert cfg.result_key("agreement") != SemiEvolConfig().result_key("agreement")
+        SemiEvolConfig(selection={"agreement": "knn"}, collaboration={"knn_collaborator": True},
+                       propagation={"k_demos": 0})
+    cfg = SemiEvolConfig(selection={"agreement": "knn"}, collaboration={"knn_collaborator": True})
+    assert cfg.result_key("selection") != SemiEvolConfig().result_key("selection")
 
 
 # ---------------------------------------------------------------- 2. class quotas from the prior
@@ -152,9 +153,9 @@ def test_class_quota_counts_what_agreement_left():
 
 
 def test_class_quota_refuses_the_quantile_options_it_replaces():
-    for clash in ({"class_balance": True}, {"source_balance": True}, {"selection_scope": "justified"}):
+    for clash in ({"class_balance": True}, {"source_balance": True}, {"scope": "justified"}):
         with pytest.raises(ValidationError, match="class_quota 'prior' replaces"):
-            SemiEvolConfig(class_quota="prior", **clash)
+            SemiEvolConfig(selection={"class_quota": "prior", **clash})
     votes, justified, resp = tables(quota_spec())
     with pytest.raises(ValueError, match="does not combine"):
         select_pseudo_labels(votes, justified, resp, class_quota="prior", labeled_answers=LABELED,
@@ -208,12 +209,12 @@ def _write_run(tmp_path, spec, labeled=LABELED, oracle=None):
 def test_selection_stats_report_removals_class_mix_and_warn(tmp_path, caplog):
     oracle = {u: "B" for u in ("b1", "b2", "b3", "b4", "b5", "b6")} | {"a1": "A", "a2": "B", "a3": "A", "d1": "C"}
     p = _write_run(tmp_path, quota_spec(), oracle=oracle)
-    cfg = SemiEvolConfig(theta=0.5)  # today's rule: the lowest H, all B and D
+    cfg = SemiEvolConfig(selection={"theta": 0.5})  # today's rule: the lowest H, all B and D
     pseudo = steps.select_step(cfg, p["votes"], p["justified"], p["responses"], p["labeled"],
                                tmp_path / "pseudo_labels.parquet")
     with caplog.at_level(logging.WARNING, logger="semievol_core.steps"):
         stats = steps.selection_stats(pseudo, p["votes"], p["oracle"], "choice", p["unlabeled"],
-                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.agreement)
+                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.selection.agreement)
     assert stats["n_selected"] == 5 and stats["pseudo_label_accuracy"] == pytest.approx(0.8)
     assert (stats["removed_unparsed"], stats["removed_by_agreement"], stats["removed_by_threshold"]) == (0, 0, 5)
     assert stats["selected_class_counts"] == {"B (neutral)": 4, "D (mixed)": 1}
@@ -231,13 +232,13 @@ def test_selection_stats_report_removals_class_mix_and_warn(tmp_path, caplog):
 
     # Quotas from the prior: A (negative) is back, B within 15 points; C (positive) had no
     # candidate, so its empty slot is still reported.
-    cfg = SemiEvolConfig(theta=0.5, class_quota="prior")
+    cfg = SemiEvolConfig(selection={"theta": 0.5, "class_quota": "prior"})
     pseudo = steps.select_step(cfg, p["votes"], p["justified"], p["responses"], p["labeled"],
                                tmp_path / "pseudo_labels.parquet")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="semievol_core.steps"):
         stats = steps.selection_stats(pseudo, p["votes"], p["oracle"], "choice", p["unlabeled"],
-                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.agreement)
+                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.selection.agreement)
     assert stats["selected_class_counts"] == {"A (negative)": 1, "B (neutral)": 3}
     assert stats["pseudo_label_accuracy"] == 1.0
     assert stats["class_mix_warning"].endswith("C (positive): 0.0% selected vs 20.0% labeled")
@@ -249,7 +250,7 @@ def test_selection_stats_report_removals_class_mix_and_warn(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="semievol_core.steps"):
         stats = steps.selection_stats(pseudo, p["votes"], None, "choice", p["unlabeled"],
-                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.agreement)
+                                      labeled=p["labeled"], responses=p["responses"], agreement=cfg.selection.agreement)
     # 5 -> A 1.5, B 3.5: equal remainders, the first class gets the slot; 40% vs 30%, 60% vs 70%.
     assert stats["selected_class_counts"] == {"A (negative)": 2, "B (neutral)": 3}
     assert "class_mix_warning" not in stats and not caplog.records
@@ -261,8 +262,8 @@ def test_class_quota_needs_a_choice_task(tmp_path):
     write_table(pd.DataFrame({"id": ["l0"], "question": ["2+2?"], "options": [None], "answer": ["4"]}),
                 p["labeled"], "labeled")
     with pytest.raises(ValueError, match="multiple-choice"):
-        steps.select_step(SemiEvolConfig(class_quota="prior"), p["votes"], p["justified"], p["responses"],
-                          p["labeled"], tmp_path / "pl.parquet")
+        steps.select_step(SemiEvolConfig(selection={"class_quota": "prior"}), p["votes"], p["justified"],
+                          p["responses"], p["labeled"], tmp_path / "pl.parquet")
 
 
 def test_publish_selection_rows(monkeypatch):
@@ -285,16 +286,21 @@ def test_new_fields_enter_the_right_cache_keys(tmp_path):
         inputs = {name: "x" for name in graph.BY_NAME[step].inputs}
         return graph.step_key(graph.BY_NAME[step], cfg, inputs, digest=lambda p: "d")
 
-    base = SemiEvolConfig(knn_collaborator=True)
-    for step, change in (("select", {"agreement": "knn"}), ("select", {"class_quota": "prior"}),
-                         ("train-final", {"pseudo_weight": 0.5})):
-        assert key(step, base) != key(step, base.model_copy(update=change)), (step, change)
-    assert key("train-warm", base) == key("train-warm", base.model_copy(update={"theta": 0.1}))
+    base = {"collaboration": {"knn_collaborator": True}}
+    for step, change in (("select", {"selection": {"agreement": "knn"}}),
+                         ("select", {"selection": {"class_quota": "prior"}}),
+                         ("train-final", {"final": {"pseudo_weight": 0.5}})):
+        assert key(step, SemiEvolConfig(**base)) != key(step, SemiEvolConfig(**base, **change)), (step, change)
+    assert key("train-warm", SemiEvolConfig(**base)) == key("train-warm",
+                                                             SemiEvolConfig(**base, selection={"theta": 0.1}))
+    assert key("train-warm", SemiEvolConfig(**base)) == key("train-warm",
+                                                             SemiEvolConfig(**base, final={"pseudo_weight": 0.5}))
     assert "labeled" in graph.BY_NAME["select"].inputs  # class_quota reads the labeled prior
     defaults = SemiEvolConfig()
-    assert (defaults.agreement, defaults.class_quota, defaults.pseudo_weight) == ("none", "none", 1.0)
-    with pytest.raises(ValidationError, match="pseudo_weight"):
-        SemiEvolConfig(pseudo_weight=0)
+    assert (defaults.selection.agreement, defaults.selection.class_quota, defaults.final.pseudo_weight) == (
+        "none", "none", 1.0)
+    with pytest.raises(ValidationError, match=r"final\.pseudo_weight"):
+        SemiEvolConfig(final={"pseudo_weight": 0})
 
 
 # ---------------------------------------------------------------- 4-5. the final fine-tune
@@ -310,7 +316,7 @@ def test_validation_rows_come_from_the_gold_examples_only():
 
 def test_training_examples_mark_gold_rows_first(tmp_path):
     p = _write_run(tmp_path, AGREEMENT_SPEC, labeled=["A", "B", "C"])
-    cfg = SemiEvolConfig(agreement="knn", knn_collaborator=True)
+    cfg = SemiEvolConfig(selection={"agreement": "knn"}, collaboration={"knn_collaborator": True})
     pseudo = steps.select_step(cfg, p["votes"], p["justified"], p["responses"], p["labeled"],
                                tmp_path / "pl.parquet")
     ex = steps.training_examples([(p["labeled"], "labeled")], pseudo, p["unlabeled"])
