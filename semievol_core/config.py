@@ -57,6 +57,9 @@ class ExecutionConfig(BaseModel):
     # Wall-clock budget of one request to the server, in seconds, its retries and their backoff
     # included; past it the request fails with TransientBackendError (backends/openai_http.py).
     request_deadline_seconds: float = Field(default=300.0, gt=0)
+    # Seconds one attempt may wait for the server's next bytes; a stalled attempt is dropped and
+    # retried, within request_deadline_seconds. Above the slowest reply the server can give.
+    request_timeout_seconds: float = Field(default=120.0, gt=0)
     # All at least 1: a 0 or negative value would only fail deep inside a run (shard_size 0 at
     # generation, after warm training), so the config refuses it up front.
     batch_size: int = Field(default=16, ge=1)

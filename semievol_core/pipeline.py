@@ -4,7 +4,7 @@
     report = run_semievol("data/fpb", "runs/fpb", cfg, systems=["sft"])   # only what SFT needs
 
 Walks the method graph declared in `semievol_core.graph`, calling each step directly; the Prefect
-flow `flows/evolve.py` walks the same graph with every step a cached, retried task. This runner is
+flow `flows/evolve.py` walks the same graph with every step a cached task. This runner is
 for tests, benchmarks and notebooks. Adapters and generation shards already on disk for the same
 inputs are re-used, so a re-run after a crash resumes where it stopped.
 """
