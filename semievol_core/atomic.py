@@ -9,7 +9,7 @@
     with exclusive_lock(Path("data/x/.ingest.lock")):    # one writer at a time, across processes
         ...
     with exclusive_lock(Path("runs/1/.run.lock"), wait=False):  # LockHeld at once if taken
-        ...
+        remove_leftover_temps("runs/1")                 # temps of writes a killed run left
 
 A temp is a sibling of its target (same directory, so the same file system, where rename(2) is
 atomic) named `.<name>.<random hex>.tmp`: hidden, so readers of a directory of parts skip it, and
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -29,8 +30,31 @@ from pathlib import Path
 from typing import Iterator
 
 
+# What _sibling names: `.<name>.<32 hex>.tmp` (a write in progress) or `.old` (a directory being
+# swapped out). A process killed mid-write leaves one behind; nothing else is named like this.
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.(tmp|old)$")
+
+
 def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.{tag}")
+
+
+def leftover_temps(root: str | Path) -> list[Path]:
+    """Temps (TEMP_NAME) anywhere under `root`, sorted: what writes killed mid-way left behind."""
+    return sorted(p for p in Path(root).rglob(".*") if TEMP_NAME.match(p.name)) if Path(root).exists() else []
+
+
+def remove_leftover_temps(root: str | Path) -> list[Path]:
+    """Delete the temps under `root` (leftover_temps); returns them. Only for the holder of the
+    lock every writer under `root` takes: then no temp there is a live write, each one is what a
+    writer killed mid-way (kill -9, power cut) left, and nothing else would ever remove it."""
+    temps = leftover_temps(root)
+    for p in temps:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return temps
 
 
 def fsync_file(path: str | Path) -> None:

@@ -194,6 +194,9 @@ class OpenAIConfig(Section):
     # Wall-clock budget of one request to the server, in seconds, its retries and their backoff
     # included; past it the request fails with TransientBackendError (backends/openai_http.py).
     request_deadline_seconds: float = Field(default=300.0, gt=0)
+    # Seconds one attempt may wait for the server's next bytes; a stalled attempt is dropped and
+    # retried, within request_deadline_seconds. Above the slowest reply the server can give.
+    request_timeout_seconds: float = Field(default=120.0, gt=0)
 
     @field_validator("api_key")
     @classmethod
@@ -364,6 +367,7 @@ MOVED = {
     "execution.api_key": "execution.backend.api_key",
     "execution.served_model": "execution.backend.served_model",
     "execution.request_deadline_seconds": "execution.backend.request_deadline_seconds",
+    "execution.request_timeout_seconds": "execution.backend.request_timeout_seconds",
 }
 
 

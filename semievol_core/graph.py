@@ -12,7 +12,7 @@ are small: paths of tables and adapters, the answer type, selection statistics, 
 
 Both executors walk this one graph with `execute` and differ only in how they call a step:
 `semievol_core.pipeline.run_semievol` calls it in process; the Prefect flow `flows/evolve.py`
-makes each step a cached, retried task (tasks/step.py). Steps with `each` fan out: `generate`
+makes each step a cached task (tasks/step.py). Steps with `each` fan out: `generate`
 runs once per shard of unlabeled questions, and each call is its own task run (and cache entry),
 so a crash loses at most one shard.
 

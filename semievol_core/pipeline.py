@@ -4,7 +4,7 @@
     report = run_semievol("data/fpb", "runs/fpb", cfg, systems=["sft"])   # only what SFT needs
 
 Walks the method graph declared in `semievol_core.graph`, calling each step directly; the Prefect
-flow `flows/evolve.py` walks the same graph with every step a cached, retried task. This runner is
+flow `flows/evolve.py` walks the same graph with every step a cached task. This runner is
 for tests, benchmarks and notebooks. A step whose key directory is complete (semievol_core/store.py)
 is not run again, so a re-run after a crash resumes where it stopped.
 """

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import atomic_dir, atomic_symlink, exclusive_lock, fsync_file
+from .atomic import atomic_dir, atomic_symlink, exclusive_lock, fsync_file, remove_leftover_temps
 
 CHAMPION = "champion"
 EVENTS = "events.jsonl"
@@ -166,7 +166,9 @@ class Registry:
     # ---------------------------------------------------------------------------- internals
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """Every change holds this lock; holding it, temps a killed writer left are removed."""
         with exclusive_lock(self.root / ".lock"):
+            remove_leftover_temps(self.root)
             yield
 
     def _append(self, event: dict) -> None:

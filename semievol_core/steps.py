@@ -1,9 +1,9 @@
 """The method's steps at file level: read Parquet inputs, call the pure step, write Parquet outputs.
 
 Both runners call these: `pipeline.run_semievol` (plain Python, in order) and the Prefect tasks in
-`tasks/` (cached, retried, sharded). Each step writes its output atomically under the run
-directory and returns its path, so a step's result survives the process and is what a cache hit
-hands back.
+`tasks/` (cached, sharded; not retried: the OpenAI backend retries each request). Each step writes
+its output atomically under the run directory and returns its path, so a step's result survives
+the process and is what a cache hit hands back.
 
     ds_dir = prepare_data("data/fpb", "runs/1/data", limits=Limits(labeled=64), seed=0)
     warm = train_adapter(cfg, [ds_dir / "labeled.parquet"], "runs/1/warm_adapter")
@@ -26,8 +26,9 @@ import hashlib
 import json
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from .answers import infer_answer_type
-from .atomic import atomic_path, exclusive_lock
+from .atomic import atomic_path, exclusive_lock, remove_leftover_temps
 from .backends import Backend, make_backend
 from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
 from .config import OpenAIConfig, SemiEvolConfig, VLLMConfig, resolve_api_key
@@ -99,11 +100,16 @@ def file_digest(*paths: str | Path) -> str:
 RUN_LOCK = ".run.lock"
 
 
-def run_dir_lock(out_dir: str | Path):
+@contextmanager
+def run_dir_lock(out_dir: str | Path) -> Iterator[None]:
     """Held for a whole run by both executors (pipeline.run_semievol, the Prefect flows): a second
     run on the same directory fails at once with atomic.LockHeld, naming the directory and the
-    first run's pid, instead of interleaving its writes with the first one's."""
-    return exclusive_lock(Path(out_dir) / RUN_LOCK, wait=False)
+    first run's pid, instead of interleaving its writes with the first one's. Once it is held, the
+    temps of atomic writes a killed run left in the directory are removed (only a run holding
+    this lock writes there)."""
+    with exclusive_lock(Path(out_dir) / RUN_LOCK, wait=False):
+        remove_leftover_temps(out_dir)
+        yield
 
 
 # ---------------------------------------------------------------------------- backends (one per process)
@@ -129,7 +135,10 @@ def backend_options(cfg: SemiEvolConfig) -> tuple[str, dict]:
         # The key is read here, where it is used; the config only says where it is.
         return backend.served_model or cfg.model, dict(
             base_url=backend.base_url, api_key=resolve_api_key(backend.api_key), concurrency=ex.concurrency,
-            deadline=backend.request_deadline_seconds)
+            timeout=backend.request_timeout_seconds, deadline=backend.request_deadline_seconds,
+            # cfg.model's tokenizer (served_model is only the server's name for the same model):
+            # choice_logprobs renders prompts with it
+            tokenizer=cfg.model)
     if isinstance(backend, VLLMConfig):
         return cfg.model, dict(max_lora_rank=backend.max_lora_rank)
     return cfg.model, dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,

@@ -54,17 +54,14 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     """One real vLLM OpenAI server per test session (startup ~35 s): SmolLM2 served as "smollm2"
     plus a random LoRA served as "rand". Skips when .venv-vllm is missing."""
     try:
-        from tests.vllm_server import VLLMServer, make_random_lora, vllm_available
+        from tests.vllm_server import smollm2_with_lora, vllm_available
     except ImportError:
-        from vllm_server import VLLMServer, make_random_lora, vllm_available
+        from vllm_server import smollm2_with_lora, vllm_available
     ok, why = vllm_available()
     if not ok:
         pytest.skip(why or "vllm unavailable")
-    tmp = tmp_path_factory.mktemp("vllm")
-    lora_dir = make_random_lora(smollm2_dir, tmp / "lora_rand", r=8)
-    server = VLLMServer(smollm2_dir, "smollm2", lora_modules={"rand": lora_dir}, log_path=tmp / "vllm.log")
+    server = smollm2_with_lora(smollm2_dir, tmp_path_factory.mktemp("vllm"))
     server.start()
-    server.lora_dir = lora_dir
     yield server
     server.stop()
 

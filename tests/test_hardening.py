@@ -58,12 +58,13 @@ def test_a_key_in_the_config_is_refused_without_echoing_it(tmp_path, sentiment_d
 def test_the_config_carries_the_reference_and_the_backend_gets_the_key(monkeypatch):
     monkeypatch.setenv("SEMIEVOL_TEST_API_KEY", KEY)
     cfg = SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                                "api_key": "env:SEMIEVOL_TEST_API_KEY", "request_deadline_seconds": 7}})
+                                                "api_key": "env:SEMIEVOL_TEST_API_KEY", "request_deadline_seconds": 7,
+                                                "request_timeout_seconds": 5}})
     for text in (cfg.to_yaml(), str(cfg.model_dump(mode="json")), repr(cfg)):
         assert "env:SEMIEVOL_TEST_API_KEY" in text and KEY not in text
     backend = steps.get_backend(cfg)  # builds the client lazily: nothing is sent here
     assert backend.api_key.get_secret_value() == KEY and KEY not in repr(backend.api_key)
-    assert backend.deadline == 7
+    assert (backend.deadline, backend.timeout) == (7, 5)  # a request's budget, one attempt's wait
     monkeypatch.setenv("SEMIEVOL_TEST_API_KEY", KEY + "-rotated")
     assert steps.get_backend(cfg).api_key.get_secret_value() == KEY + "-rotated"  # a new client
     steps.unload_backends()
@@ -152,6 +153,41 @@ def test_the_lock_is_free_again_once_its_holder_is_gone(tmp_path):
     holder.join()
     with steps.run_dir_lock(out):  # released: the next run goes ahead
         pass
+
+
+# A writer killed in the middle of an atomic directory write (argv[1]: the target directory).
+KILLED_MID_WRITE = """
+import sys
+from pathlib import Path
+from semievol_core.atomic import atomic_dir
+with atomic_dir(Path(sys.argv[1])) as tmp:
+    (tmp / "adapter_model.safetensors").write_bytes(b"half an adapter")
+    print("writing", flush=True)
+    sys.stdin.read()  # until killed
+"""
+
+
+def test_temps_a_killed_writer_left_are_removed_by_the_next_holder_of_the_lock(tmp_path):
+    """kill -9 mid-write leaves the hidden temp (atomic.TEMP_NAME) nobody else would remove: the
+    next run on the directory (the run lock), the next change to the registry (its lock) do."""
+    from semievol_core.atomic import leftover_temps
+    from semievol_core.registry import Registry
+
+    run, reg = tmp_path / "run", tmp_path / "registry"
+    for target in (run / "warm_adapter", reg / "adapters" / "20260101T000000Z-0123456789"):
+        writer = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(target)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert writer.stdout.readline().strip() == "writing"
+        writer.kill()
+        writer.wait()
+    assert [len(leftover_temps(d)) for d in (run, reg)] == [1, 1]
+    with steps.run_dir_lock(run):
+        assert leftover_temps(run) == [] and not (run / "warm_adapter").exists()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    Registry(reg).register(adapter)
+    assert leftover_temps(reg) == []
 
 
 # ------------------------------------------------------------------------------ disk full

@@ -1,6 +1,6 @@
 """Start and stop a real vLLM OpenAI server (from .venv-vllm) for tests, plus a LoRA maker.
 
-    from tests.vllm_server import VLLM_PYTHON, VLLMServer, make_random_lora, vllm_available
+    from tests.vllm_server import VLLM_PYTHON, VLLMServer, make_random_lora, smollm2_with_lora, vllm_available
     with VLLMServer(model_dir, served_name="smollm2", lora_modules={"rand": lora_dir}) as srv:
         OpenAIBackend(srv.base_url, "smollm2")...
 
@@ -163,6 +163,15 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def smollm2_with_lora(model_dir: str | Path, tmp: Path) -> "VLLMServer":
+    """The tests' server, not yet started: SmolLM2 served as "smollm2" plus a random LoRA (made
+    in `tmp`, its directory in `.lora_dir`) served as "rand"; its log in tmp/vllm.log."""
+    lora_dir = make_random_lora(model_dir, tmp / "lora_rand", r=8)
+    server = VLLMServer(model_dir, "smollm2", lora_modules={"rand": lora_dir}, log_path=tmp / "vllm.log")
+    server.lora_dir = lora_dir
+    return server
 
 
 def make_random_lora(base_dir: str | Path, out_dir: str | Path, r: int = 8, seed: int = 0, std: float = 0.05) -> Path:

@@ -36,7 +36,8 @@ seeds seed+1, seed+2, ... (vLLM itself gives the i-th of n samples the seed seed
 
 `choice_logprobs` uses /v1/completions, because no chat endpoint lets us append ANSWER_PREFIX after
 the generation prompt: the chat is rendered client-side with the model's chat template (local
-tokenizer: `tokenizer=` path, else `resolve_model(model)`), ANSWER_PREFIX appended, and the token
+tokenizer: `tokenizer=`, else `model`; a directory or a name `resolve_model` knows: the config's
+`model`, when the server calls it `served_model`), ANSWER_PREFIX appended, and the token
 ids are sent as the prompt (no BOS doubling, same ids as the transformers backend), with
 `max_tokens=1, temperature=0, logprobs=choice_top_k` (20 = vLLM's default `--max-logprobs`).
 The score of a letter is the logprob of its token after ANSWER_PREFIX (`letter_token_ids`: " A"
@@ -356,7 +357,8 @@ class OpenAIBackend(Backend):
 
                 from semievol_core.models import resolve_model
 
-                source = self.tokenizer_path if self.tokenizer_path is not None else resolve_model(self.model)
+                name = self.tokenizer_path if self.tokenizer_path is not None else self.model
+                source = name if Path(name).is_dir() else resolve_model(str(name))  # an alias: its directory
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(str(source))
                 except (OSError, ValueError) as exc:

@@ -3,6 +3,7 @@
     from runner import run_case
     outcome = run_case(case, work)     # work: an empty directory
     outcome.problems                   # [] when the case behaved as expected, else a line each
+    subprocess.run(cli_command() + ["evolve", ...], env=cli_env())   # the command as a user runs it
 
 In process (flows.cli.main, its stdout and stderr captured), except the cases marked cli=True, which
 run the console script in a subprocess, Prefect's temporary server and all. In process, `ingest`
@@ -101,12 +102,23 @@ def _in_process(args: list[str], kind: str) -> tuple[int | None, str, str, bool]
     return code, out.getvalue(), err.getvalue(), raised
 
 
+def cli_command() -> list[str]:
+    """The `semievol` console script a user runs (python -m flows.cli where it is not installed)."""
+    script = Path(sys.executable).with_name("semievol")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment the command runs in: offline, Prefect's temporary server (never the
+    user's) with its home in _PREFECT_HOME, plus `extra`."""
+    env = {**os.environ, "PREFECT_HOME": str(_PREFECT_HOME), "HF_HUB_OFFLINE": "1", **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def _subprocess(args: list[str]) -> tuple[int | None, str, str, bool]:
-    script = Path(sys.executable).with_name("semievol")  # the console script a user runs
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
-    env = {**os.environ, "PREFECT_HOME": str(_PREFECT_HOME), "HF_HUB_OFFLINE": "1"}
-    env.pop("PREFECT_API_URL", None)  # a temporary server, never the user's
-    res = subprocess.run(cmd + args, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    res = subprocess.run(cli_command() + args, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env=cli_env())
     return res.returncode, res.stdout, res.stderr, False
 
 

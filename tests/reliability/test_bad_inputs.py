@@ -5,7 +5,9 @@ nothing changed by a failed command, nothing silently dropped. Plus the rules be
     .venv/bin/pytest -q tests/reliability     # ~40 s, most of it the two cases run through Prefect
 
 No model is loaded; two ingest cases start Prefect's temporary server (cli=True), the rest run in
-process.
+process. The other files here: test_kill.py (kill -9 during evolve, kill.py), test_fault_proxy.py
+(faults between the backend and vLLM, fault_proxy.py and proxy_run.py), test_ingest_during_evolve.py
+(ingest appending while a run reads the dataset).
 """
 
 from __future__ import annotations
