@@ -81,5 +81,6 @@ def _progress_mover(progress: dict):
 def step_task(step: graph.Step, run_dir: Path, run_name: str) -> Task:
     """The task for `step`, its cache entries in its key directories under `run_dir`, its task run
     called `run_name`."""
-    return run_step.with_options(name=step.task_name, task_run_name=run_name, result_storage=str(run_dir),
+    # A Path, not a str: Prefect reads a str as the name of a storage block.
+    return run_step.with_options(name=step.task_name, task_run_name=run_name, result_storage=Path(run_dir),
                                  cache_policy=StepKey())
