@@ -14,7 +14,8 @@ the flow runs unless this shell sets it already.
 The flags override the parameters that name those paths: --data the dataset (`data_dir`, and
 evaluate's `test`), --inbox the inbox (`inbox`), --runs where run directories go (each `out_dir`
 keeps its own name: runs/nightly -> <runs>/nightly), --config the run config (`config`, a YAML
-SemiEvolConfig). At most `--limit` flow runs execute at once (default 1: they share one machine,
+SemiEvolConfig; each deployment keeps its own `rounds` section, so the nightly rounds and the
+weekly refresh stay what they are). At most `--limit` flow runs execute at once (default 1: they share one machine,
 and the `gpu` concurrency limit serializes the model steps anyway). Stop with Ctrl-C; the
 schedules pause until it serves again.
 """
@@ -77,7 +78,10 @@ def parameters(declared: dict[str, Any], data: str | None = None, inbox: str | N
             raise ValueError(f"out_dir {params['out_dir']!r}: give the run directory a name to keep under --runs")
         params["out_dir"] = str(Path(runs) / name)
     if config is not None and "config" in params:
-        params["config"] = config
+        # The deployment's own `rounds` section stays: it is what makes evolve-nightly a round and
+        # evolve-refresh a refresh, and one --config file for all would make them the same run.
+        declared_rounds = (params["config"] or {}).get("rounds") if isinstance(params["config"], dict) else None
+        params["config"] = {**config, "rounds": declared_rounds} if declared_rounds is not None else config
     return params
 
 

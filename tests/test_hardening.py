@@ -301,3 +301,15 @@ def test_serve_keeps_each_run_directory_under_runs():
     for bad in ("runs/..", "..", "/"):
         with pytest.raises(ValueError, match="give the run directory a name"):
             parameters({"out_dir": bad}, runs="/srv/runs")
+
+
+def test_serve_config_replaces_the_recipe_and_keeps_each_deployments_rounds():
+    from deployments.serve import parameters
+
+    mine = {"model": "mine", "selection": {"theta": 0.3}, "rounds": {"reuse_pseudo_labels": True}}
+    refresh = parameters({"config": {"model": "x", "rounds": {"warm_from": "champion", "reuse_pseudo_labels": False}}},
+                         config=mine)["config"]
+    assert refresh == {"model": "mine", "selection": {"theta": 0.3},
+                       "rounds": {"warm_from": "champion", "reuse_pseudo_labels": False}}
+    assert parameters({"config": {"model": "x"}}, config=mine)["config"] == mine  # no rounds of its own
+    assert parameters({"test": "t.parquet"}, config=mine) == {"test": "t.parquet"}  # no config parameter
