@@ -87,13 +87,15 @@ def markdown(records: list[dict], notes: dict, pseudo: dict | None = None) -> st
 
 
 def seed_run_dir(src: Path, dst: Path) -> None:
-    """Copy another run's warm adapter and generation shards: each step still checks its own key
-    (train_key.txt, shard names) and re-computes whatever does not match."""
+    """Copy another run's warm-training and generation step directories (semievol_core/store.py):
+    a step finds its key directory complete only when its key (code, config, inputs' content)
+    matches, and re-computes otherwise. values.json holds paths relative to the run, so a copied
+    key directory is valid in `dst`."""
     import shutil
 
-    for name in ("warm_adapter", "responses"):
-        if (src / name).exists() and not (dst / name).exists():
-            shutil.copytree(src / name, dst / name)
+    for step in ("train-warm", "generate"):
+        if (src / step).is_dir() and not (dst / step).exists():
+            shutil.copytree(src / step, dst / step)
 
 
 def main() -> None:
@@ -159,7 +161,7 @@ def main() -> None:
                         "n_test": m["n"], "n_labeled": n_lab,
                         "n_unlabeled_used": n_unl if system == "semievol" else 0,
                         "model": cfg.model, "wall_s": round(wall, 1),
-                        # An adapter re-used from disk (train_key.txt matched) cost nothing this run.
+                        # An adapter re-used from disk (its key directory was complete) cost nothing.
                         "adapter_reused": {"sft": t.get("train-warm", 1) < 1,
                                            "semievol": t.get("train-final", 1) < 1}.get(system, False)})
     prev = json.loads(out.read_text()) if out.exists() else {}

@@ -425,7 +425,7 @@ def test_the_api_key_reaches_the_server_and_is_stored_nowhere(source, sentiment_
     api_text = json.dumps([obj.model_dump(mode="json") for obj in stored])
     assert reference in api_text and key not in api_text  # the parameters hold the reference only
 
-    for root in (out, _HOME):  # the run's files (.prefect-cache too); Prefect's database and files
+    for root in (out, _HOME):  # the run's files (cache entries included); Prefect's database and files
         files = [f for f in root.rglob("*") if f.is_file()]
         assert any(reference.encode() in f.read_bytes() for f in files), root  # the grep sees stored text
         assert [str(f) for f in files if key.encode() in f.read_bytes()] == []
