@@ -260,13 +260,20 @@ def evolve(
         metavar="DIR", help="adapter registry (default: DATA/registry)")] = None,
     no_gate: Annotated[bool, typer.Option(
         "--no-gate", help="do not register the adapter or run the promotion gate")] = False,
+    workers: Annotated[int | None, typer.Option(
+        min=0, help="run generation and justification shards on a Dask cluster of this many processes "
+        "on this machine; shortcut for --set execution.workers=N")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        metavar="ADDRESS", help="run them on the running Dask cluster at ADDRESS (tcp://host:8786); "
+        "shortcut for --set execution.cluster=ADDRESS")] = None,
 ) -> None:
     """run the whole SemiEvol method on a dataset; promote its adapter only if it is better"""
     from semievol_core.report import systems_table
 
     chosen = PRESETS[preset] if preset else None
-    cfg = _no_progress(_load_config(config, chosen, {"model": model, "selection.theta": theta}, set_ or []),
-                       no_progress)
+    cfg = _no_progress(_load_config(config, chosen, {"model": model, "selection.theta": theta,
+                                                     "execution.workers": workers, "execution.cluster": cluster},
+                                    set_ or []), no_progress)
     limits = {"labeled": limit_labeled or (chosen.labeled if chosen else None),
               "unlabeled": limit_unlabeled or (chosen.unlabeled if chosen else None),
               "test": limit_test or (chosen.test if chosen else None)}

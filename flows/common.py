@@ -1,7 +1,8 @@
 """Helpers the flows share: running a task as a timed, cache-checked step; artifacts; parameters.
 
-    runner = StepRunner(cfg, out_dir, logger)        # a semievol_core.graph.Call
-    graph.execute(graph.plan(systems), values, runner, timings)  # every step a cached task
+    with task_pool(cfg.execution, logger) as (pool, workers):   # pool: None, or a Dask task runner
+        runner = StepRunner(cfg, out_dir, logger, pool)          # a semievol_core.graph.Call
+        graph.execute(graph.plan(systems), values, runner, timings)  # every step a cached task
     runner.cached         # steps answered from the cache
     runner.cached_seconds # {"vote": 4.2}  what the cached steps took when they were computed
 
@@ -12,10 +13,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
@@ -39,20 +43,54 @@ def run_name(flow: str, parameter: str) -> Callable[[], str]:
     return name
 
 
+@contextmanager
+def task_pool(execution, logger) -> Iterator[tuple[Any, int]]:
+    """(pool, workers): where fan-out steps run (config `execution.workers` / `execution.cluster`).
+    (None, 1): in the flow's own process; else a started prefect-dask `DaskTaskRunner` on a
+    LocalCluster of `workers` processes (torch threads split between them, OMP_NUM_THREADS) or on
+    the running Dask cluster at `cluster`, and its worker count. Closed (a LocalCluster stopped)
+    when the block ends."""
+    if not execution.workers and not execution.cluster:
+        yield None, 1
+        return
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise RuntimeError("execution.workers / execution.cluster need prefect-dask: "
+                           "pip install 'semievol[dask]'") from None
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # a line per worker event otherwise
+    if execution.cluster:
+        runner = DaskTaskRunner(address=execution.cluster)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // execution.workers)
+        runner = DaskTaskRunner(cluster_kwargs={
+            "n_workers": execution.workers, "threads_per_worker": 1, "processes": True,
+            "silence_logs": logging.WARNING, "env": {"OMP_NUM_THREADS": str(threads)}})
+    with runner:
+        workers = len(runner.client.scheduler_info(n_workers=-1)["workers"])
+        logger.info("fan-out steps run on Dask: %s, %d worker(s)",
+                    execution.cluster or "a LocalCluster on this machine", workers)
+        yield runner, workers
+
+
 class StepRunner:
     """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a task
     cached under the step's key, its cache entry inside the step's key directory (tasks/step.py).
     Records which steps came from the cache and what they took when they were computed; a fan-out
-    step (generation shards) moves a progress artifact `semievol-<task>` after each element."""
+    step (generation shards) moves a progress artifact `semievol-<task>` after each element.
+    With a `pool` (task_pool), a fan-out's elements are submitted to it all at once (`many`).
+    `processes`: step -> {(host, pid): backends that process had built}, who answered."""
 
-    def __init__(self, cfg, out_dir: str | Path, logger):
+    def __init__(self, cfg, out_dir: str | Path, logger, pool: Any = None):
         self.cfg = cfg
         self.run_dir = Path(out_dir).resolve()
         self.logger = logger
+        self.pool = pool
         self.cached: list[str] = []
         self._cached_seconds: dict[str, float] = {}
         self.executed: list[str] = []
         self._progress: dict[str, Any] = {}
+        self.processes: dict[str, dict[tuple, int]] = {}
 
     @property
     def cached_seconds(self) -> dict[str, float]:
@@ -69,15 +107,43 @@ class StepRunner:
             kwargs["progress"] = self._moving(step, index, count)
         state = task(return_state=True, **kwargs)
         result = state.result()  # raises the task's exception if it failed
-        hit = state.name == "Cached" or not result["ran"]
-        (self.cached if hit else self.executed).append(step.name)
-        if hit:
-            self._cached_seconds[step.name] = round(self._cached_seconds.get(step.name, 0.0) + result["seconds"], 3)
+        self._record(step, state.name == "Cached", result)
         if index is not None:
             update_progress_artifact(kwargs["progress"]["artifact"], progress=100.0 * (index + 1) / count,
                                      description=f"{kwargs['progress']['label']}: {index + 1}/{count}")
             self.logger.info("%s %d/%d done", step.name, index + 1, count)
         return store.restore(result["outputs"], self.run_dir)
+
+    def many(self, step, elements: list[tuple[dict, str]]) -> list[dict]:
+        """Every element of a fan-out step: one after another in this process without a pool,
+        else all submitted to the pool and collected in order (progress moves per element)."""
+        count = len(elements)
+        if self.pool is None or not count:
+            return [self(step, inputs, key, i, count) for i, (inputs, key) in enumerate(elements)]
+        futures = [self.pool.submit(step_task(step, self.run_dir, f"{step.name}-{i + 1}/{count}"),
+                                    parameters=dict(step=step.name, cfg=self.cfg, run_dir=str(self.run_dir),
+                                                    inputs=inputs, key=key))
+                   for i, (inputs, key) in enumerate(elements)]
+        artifact = self._moving(step, 0, count)["artifact"]
+        outputs = []
+        for i, future in enumerate(futures):
+            result = future.result()  # raises the task's exception if it failed
+            self._record(step, future.state.name == "Cached", result)
+            update_progress_artifact(artifact, progress=100.0 * (i + 1) / count,
+                                     description=f"{step.name} in {self.run_dir}: {i + 1}/{count}")
+            self.logger.info("%s %d/%d done", step.name, i + 1, count)
+            outputs.append(store.restore(result["outputs"], self.run_dir))
+        return outputs
+
+    def _record(self, step, cached: bool, result: dict) -> None:
+        hit = cached or not result["ran"]
+        (self.cached if hit else self.executed).append(step.name)
+        if hit:
+            self._cached_seconds[step.name] = round(self._cached_seconds.get(step.name, 0.0) + result["seconds"], 3)
+        elif "process" in result:
+            p = result["process"]
+            seen = self.processes.setdefault(step.name, {})
+            seen[(p["host"], p["pid"])] = max(seen.get((p["host"], p["pid"]), 0), p["backends_built"])
 
     def _moving(self, step, index: int, count: int) -> dict:
         """The progress artifact of a fan-out step (created at its first element)."""

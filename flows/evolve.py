@@ -12,8 +12,11 @@ and stable names (`<out>/warm_adapter`, `<out>/pseudo_labels.parquet`, ...) link
 changing θ re-runs select, train-final and evaluate-semievol; changing the model re-runs training
 and generation.
 Generation runs in shards of `cfg.execution.shard_size` questions, each its own cached task run,
-so a killed run loses at most the shard in flight. One run per `out_dir` at a time: a second one
-fails at once, naming the first one's pid (steps.run_dir_lock).
+so a killed run loses at most the shard in flight. With `execution.workers` (a Dask LocalCluster)
+or `execution.cluster` (a running Dask scheduler) the shards of generation and justification are
+submitted to Dask at once and run on its workers, each of which loads the model once
+(flows/common.task_pool); a worker lost mid-shard has its shard re-run on another. One run per
+`out_dir` at a time: a second one fails at once, naming the first one's pid (steps.run_dir_lock).
 
 Artifacts (keys shared across runs, so the UI shows each one's history): `semievol-verdict`
 (SemiEvol - SFT with its CI and McNemar p: better or not), `semievol-accuracy`
@@ -36,7 +39,7 @@ from semievol_core.report import gate_markdown, render_markdown, systems_table, 
 from tasks.common import content_digest, ensure_gpu_limit
 
 from flows.common import (StepRunner, publish_accuracy, publish_history, publish_markdown, publish_selection,
-                          run_name)
+                          run_name, task_pool)
 
 
 @flow(name="evolve", description="SemiEvol: semi-supervised fine-tuning from labeled + unlabeled data.",
@@ -55,13 +58,13 @@ def evolve(data_dir: str, out_dir: str, config: SemiEvolConfig = SemiEvolConfig(
     todo = graph.plan(systems, gate=gate)
     out = Path(out_dir).resolve()
     # One run per directory (created by the lock): a second one fails at once (atomic.LockHeld).
-    with run_dir_lock(out):
-        ensure_gpu_limit(log)
-        runner, timings = StepRunner(config, out, log), {}
+    with run_dir_lock(out), task_pool(config.execution, log) as (pool, workers):
+        ensure_gpu_limit(log, devices=workers)
+        runner, timings = StepRunner(config, out, log, pool), {}
         values = graph.execute(todo, graph.sources(data_dir, limits, reg), runner, config, out, timings,
                                digest=content_digest)
         report, extra = graph.finish(out, config, values, systems, timings, runner.cached_seconds,
-                                     registry=reg if gate else None)
+                                     registry=reg if gate else None, processes=runner.processes)
         log.info("cache hits: %s; executed: %s", sorted(set(runner.cached)) or "none",
                  sorted(set(runner.executed)) or "none")
 

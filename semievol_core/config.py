@@ -230,11 +230,28 @@ class ExecutionConfig(Section):
     token_budget: int = Field(default=16384, ge=1)
     concurrency: int = Field(default=8, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None: the library's default
-    shard_size: int = Field(default=128, ge=1)  # unlabeled questions per cached generation shard
+    # Unlabeled questions per cached generation shard, at least; a part of the dataset with more
+    # than shard_size x max_shards rows gets bigger shards, so a million rows make max_shards
+    # task runs per fan-out step, not 8,000 (steps.shard_plan).
+    shard_size: int = Field(default=128, ge=1)
+    max_shards: int = Field(default=200, ge=1)
+    # Where the fan-out steps (generation and justification shards) run: in the flow's process
+    # (0 workers, no cluster), on a Dask LocalCluster of `workers` processes on this machine, or on
+    # the running Dask cluster at `cluster` ("tcp://scheduler:8786"; dask-kubernetes,
+    # dask-jobqueue). Each worker process loads the model once and keeps it (steps.get_backend).
+    workers: int = Field(default=0, ge=0)
+    cluster: str | None = None
     # Training memory: recompute activations in the backward pass. Same adapter; measured on FPB
     # (SmolLM2-135M, batch 8): peak RSS 5.2 -> 2.9 GB, 1.6x the training time.
     gradient_checkpointing: bool = False
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _one_place_to_run(self) -> "ExecutionConfig":
+        if self.workers and self.cluster:
+            raise ValueError(f"execution: workers={self.workers} starts a cluster on this machine and "
+                             f"cluster={self.cluster!r} names a running one; set one of them")
+        return self
 
 
 def resolve_api_key(reference: str | None) -> SecretStr | None:

@@ -387,7 +387,9 @@ def step_key(step: Step, cfg: SemiEvolConfig, inputs: dict,
 
 # ------------------------------------------------------------------------------ walking the graph
 # call(step, inputs, key, index, count) -> the step's outputs: index/count is the element of a
-# fan-out step (else None/1), key its step_key, computed once by `execute`.
+# fan-out step (else None/1), key its step_key, computed once by `execute`. A call that can run
+# a fan-out's elements at once (the Prefect executor on a Dask cluster) also has
+# `many(step, [(inputs, key), ...]) -> [outputs, ...]`, in the elements' order.
 Call = Callable[[Step, dict, str, int | None, int], dict]
 
 
@@ -397,9 +399,7 @@ def execute(todo: Sequence[Step], values: dict, call: Call, cfg: SemiEvolConfig,
     (semievol_core/store.py), then point the stable names at its outputs. `values` starts with
     SOURCES and collects every output. Wall time per step (summed over a fan-out) goes into
     `timings`; `digest` hashes file inputs for the keys (the flows memoise it)."""
-    def one(step: Step, inputs: dict, index: int | None, count: int) -> dict:
-        key = step_key(step, cfg, inputs, digest)
-        outputs = call(step, inputs, key, index, count)
+    def linked(step: Step, key: str, outputs: dict) -> dict:
         store.link_latest(run_dir, store.key_dir(run_dir, step.name, key), outputs)
         return outputs
 
@@ -407,10 +407,16 @@ def execute(todo: Sequence[Step], values: dict, call: Call, cfg: SemiEvolConfig,
         inputs = {name: values.get(name) for name in step.inputs}
         t0 = time.perf_counter()
         if step.each is None:
-            values.update(one(step, inputs, None, 1))
+            key = step_key(step, cfg, inputs, digest)
+            values.update(linked(step, key, call(step, inputs, key, None, 1)))
         else:
-            items = inputs.pop(step.each)
-            results = [one(step, {**inputs, "item": item}, i, len(items)) for i, item in enumerate(items)]
+            elements = [{**inputs, "item": item} for item in inputs.pop(step.each)]
+            keys = [step_key(step, cfg, e, digest) for e in elements]
+            if hasattr(call, "many"):
+                results = call.many(step, list(zip(elements, keys)))
+            else:
+                results = [call(step, e, k, i, len(elements)) for i, (e, k) in enumerate(zip(elements, keys))]
+            results = [linked(step, k, r) for k, r in zip(keys, results)]
             values.update({out: [r[out] for r in results] for out in step.outputs})
         if timings is not None:
             timings[step.name] = round(timings.get(step.name, 0.0) + time.perf_counter() - t0, 3)
@@ -468,14 +474,20 @@ def results_of(values: dict, systems: Sequence[str]) -> dict[str, dict]:
 
 
 def finish(run_dir: Path, cfg: SemiEvolConfig, values: dict, systems: Sequence[str], timings: dict,
-           cached_seconds: dict | None = None, registry: "Registry | None" = None) -> tuple[dict, dict]:
+           cached_seconds: dict | None = None, registry: "Registry | None" = None,
+           processes: dict[str, dict[tuple, int]] | None = None) -> tuple[dict, dict]:
     """report.json / report.md from the walked graph's values: (report, extra entries). With a
     registry and a gate decision, the SemiEvol adapter is registered and promoted or rejected
-    (gate.apply) before the report is written, so the report says what happened."""
+    (gate.apply) before the report is written, so the report says what happened. `processes`
+    (step -> {(host, pid): backends built}, the Prefect executor's) goes in as `processes`:
+    per step that ran, the processes that answered and the models each had loaded."""
     from .report import write_report
 
     results = results_of(values, systems)
     extra = {"answer_type": values["answer_type"]}
+    if processes:
+        extra["processes"] = {step: [{"host": h, "pid": pid, "backends_built": n} for (h, pid), n in seen.items()]
+                              for step, seen in processes.items()}
     if "sft" in results and "semievol" in results:
         extra.update(steps.verdict(run_dir / "predictions", cfg))
     if values.get("gate"):

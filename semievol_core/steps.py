@@ -114,6 +114,9 @@ def run_dir_lock(out_dir: str | Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- backends (one per process)
 _BACKENDS: dict[tuple, Backend] = {}
+# Backends this process has built since it started: a worker of a Dask cluster that answers many
+# shards should build one per model (tasks/step.py reports it with every task's result).
+BACKENDS_BUILT = [0]
 
 
 def get_backend(cfg: SemiEvolConfig) -> Backend:
@@ -125,6 +128,7 @@ def get_backend(cfg: SemiEvolConfig) -> Backend:
     key = (name, model, json.dumps(opts, sort_keys=True, default=str), opts.get("api_key"))
     if key not in _BACKENDS:
         _BACKENDS[key] = make_backend(name, model, **opts)
+        BACKENDS_BUILT[0] += 1
     return _BACKENDS[key]
 
 

@@ -17,7 +17,8 @@ backend. The flow and task parameters carry only the reference, never the key.
 The `gpu` global concurrency limit: tasks that use the accelerator run inside `gpu_slot()`, so two
 runs on one machine queue for the device instead of fighting over its memory. Flows call
 `ensure_gpu_limit()` first, which creates the limit (default 1 slot, `SEMIEVOL_GPU_SLOTS`) if the
-server has none; without it Prefect's `concurrency()` logs a warning and does not limit at all.
+server has none (one slot per device: per Dask worker when the fan-out runs on a cluster);
+without it Prefect's `concurrency()` logs a warning and does not limit at all.
 A run killed while it holds the slot must not block every later run: slots are leased for
 GPU_LEASE_SECONDS (a lasting server revokes a lease its dead holder stops renewing), and without a
 lasting server, where nothing revokes leases, `free_orphaned_slots` gives back the slots beyond
@@ -186,18 +187,24 @@ def free_orphaned_slots(logger) -> int:
     return freed
 
 
-def ensure_gpu_limit(logger) -> None:
+def ensure_gpu_limit(logger, devices: int = 1) -> None:
     """Create the `gpu` global concurrency limit if the server has none (ephemeral servers start
-    empty); free slots a crashed run left taken (free_orphaned_slots). An existing limit is left as
-    the operator configured it."""
+    empty), one slot per device: `devices` (a run on N Dask workers, one device each, passes N) or
+    SEMIEVOL_GPU_SLOTS. An existing limit with fewer slots than that is raised to it (the workers
+    would queue for one slot otherwise), never lowered. Then free slots a crashed run left taken
+    (free_orphaned_slots)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists
 
-    slots = int(os.environ.get(GPU_SLOTS_ENV, "1"))
+    slots = int(os.environ.get(GPU_SLOTS_ENV, devices))
     with get_client(sync_client=True) as client:
         limit = _gpu_limit(client)
-        if limit is not None:
+        if limit is not None and limit.limit < slots:
+            client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+            logger.info("raised global concurrency limit %r from %d to %d slot(s), one per device",
+                        GPU_LIMIT, limit.limit, slots)
+        elif limit is not None:
             logger.debug("concurrency limit %r: %s slot(s), active=%s", GPU_LIMIT, limit.limit, limit.active)
         else:
             try:

@@ -14,13 +14,17 @@ so editing the wrapper invalidates its entries and not the outputs. It holds the
 the step needs the accelerator. It is not retried: the OpenAI backend retries each request within
 its deadline, and other failures would fail again (tasks/common.py). Results are JSON: the step's
 outputs (paths relative to the run directory), the seconds the step took when it ran, and whether
-it ran in this call (False: its key directory was complete already, e.g. from the plain runner).
+it ran in this call (False: its key directory was complete already, e.g. from the plain runner),
+and the process that answered (host, pid, backends it has built so far: a Dask worker that
+answers many shards builds its model once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any, Optional
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 
-from semievol_core import graph, store
+from semievol_core import graph, steps, store
 from semievol_core.config import SemiEvolConfig
 
 from .common import gpu_slot, record_execution
@@ -60,7 +64,8 @@ def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any
             graph.run_keyed(s, cfg, run_dir, inputs, key, **execution)
         done = store.load_done(d, run_dir)
     outputs, seconds = done
-    return {"outputs": store.portable(outputs, run_dir), "seconds": seconds, "ran": ran}
+    return {"outputs": store.portable(outputs, run_dir), "seconds": seconds, "ran": ran,
+            "process": {"host": socket.gethostname(), "pid": os.getpid(), "backends_built": steps.BACKENDS_BUILT[0]}}
 
 
 WRAPPER = hashlib.sha256(inspect.getsource(run_step.fn).encode()).hexdigest()[:12]

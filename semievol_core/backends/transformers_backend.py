@@ -32,6 +32,8 @@ def _seed_for(seed: int, prompt: str, sample: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+BASE_ADAPTER = "base-placeholder"  # the never-enabled adapter every loaded model carries (_wrap)
+
 class TransformersBackend(Backend):
     name = "transformers"
 
@@ -80,11 +82,27 @@ class TransformersBackend(Backend):
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        self._eos_ids = self._stop_token_ids(model, tok)
+        model = self._wrap(model)
         model.eval()
         self._device = device
         self._model, self._tokenizer = model, tok
-        self._eos_ids = self._stop_token_ids(model, tok)
         return model, tok
+
+    @staticmethod
+    def _wrap(model):
+        """The model inside peft's LoRA wrappers from the start, its one placeholder adapter never
+        enabled (base calls run under disable_adapter). Measured: once peft wraps a model its base
+        log-probs differ from the unwrapped model's in the last float32 bit (1 of 15 scores on the
+        tiny Llama), so wrapping at the first adapter made a base answer depend on whether the
+        process had loaded an adapter before, e.g. a Dask worker starting at shard 7 against the
+        in-process run that loaded the warm adapter in shard 1."""
+        from peft import LoraConfig, get_peft_model
+
+        from ..training import peft_without_deprecation_warning
+
+        with peft_without_deprecation_warning():
+            return get_peft_model(model, LoraConfig(r=1, target_modules="all-linear"), adapter_name=BASE_ADAPTER)
 
     @staticmethod
     def _stop_token_ids(model, tok) -> set[int]:
@@ -113,9 +131,7 @@ class TransformersBackend(Backend):
 
         model, _ = self._load()
         if adapter is None:
-            if self._adapters:
-                return model.disable_adapter()
-            return contextlib.nullcontext()
+            return model.disable_adapter()
         path = os.path.abspath(adapter)
         # Key on the weights file's stamp too: an adapter re-trained into the same directory
         # must be loaded afresh, not served stale from memory.
@@ -125,18 +141,8 @@ class TransformersBackend(Backend):
         st = os.stat(weights)
         key = (path, st.st_mtime_ns, st.st_size)
         if key not in self._adapters:
-            from peft import PeftModel
-
             name = f"a{len(self._adapters)}"
-            from ..training import peft_without_deprecation_warning
-
-            if not self._adapters:
-                with peft_without_deprecation_warning():
-                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
-                model.eval()
-                self._model = model
-            else:
-                model.load_adapter(path, adapter_name=name)
+            model.load_adapter(path, adapter_name=name)
             self._adapters[key] = name
         self._model.set_adapter(self._adapters[key])
         return contextlib.nullcontext()
