@@ -118,27 +118,55 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
     """Validate `df` as a `kind` table and write it atomically to the Parquet file `path`.
 
     A missing `metadata` column is filled with "{}". Raises DataError (nothing is written).
+    Written as one part (write_table_parts), so a shard of it is read alone (read_rows).
     """
-    path = Path(path)
-    atomic_write_parquet(_to_arrow(df, kind, path), path)
-    return path
+    return write_table_parts([df], path, kind)
+
+
+# Rows per Parquet row group of the tables a step reads a shard at a time (the run's unlabeled
+# copy, the neighbours): read_rows then decodes ~this many rows around a shard, not the table.
+ROW_GROUP_ROWS = 8192
+PARTS_KEY = b"semievol.parts"  # schema metadata of write_table_parts: rows per part, JSON
 
 
 def write_table_parts(frames: list[pd.DataFrame], path: str | Path, kind: str) -> Path:
-    """Like write_table, for a table made of parts: one Parquet row group per part, so readers can
-    tell where the parts were (row_group_sizes); generation shards never straddle two parts."""
+    """Like write_table, for a table made of parts: row groups of at most ROW_GROUP_ROWS that never
+    straddle two parts, and the parts' sizes in the file's metadata (part_sizes), so generation
+    shards never straddle two parts and a shard is read without the rest (read_rows)."""
     path = Path(path)
     tables = [_to_arrow(df, kind, path) for df in frames if len(df)] or [_to_arrow(empty_frame(kind), kind, path)]
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, tables[0].schema) as writer:
+    schema = tables[0].schema.with_metadata({**(tables[0].schema.metadata or {}),
+                                             PARTS_KEY: json.dumps([len(t) for t in tables]).encode()})
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for table in tables:
-            writer.write_table(table, row_group_size=max(1, len(table)))
+            writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP_ROWS)
     return path
 
 
-def row_group_sizes(path: str | Path) -> list[int]:
-    """Rows per row group of a Parquet file (per part, for tables written by write_table_parts)."""
-    meta = pq.ParquetFile(path).metadata
-    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+def part_sizes(path: str | Path) -> list[int]:
+    """Rows per part of a table written by write_table_parts (an older file, or any other: one
+    part per row group)."""
+    f = pq.ParquetFile(path)
+    parts = (f.schema_arrow.metadata or {}).get(PARTS_KEY)
+    if parts is not None:
+        return json.loads(parts)
+    return [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)]
+
+
+def read_rows(path: str | Path, kind: str, start: int, stop: int) -> pd.DataFrame:
+    """Rows start..stop-1 of a one-file `kind` table, decoding only the row groups they sit in."""
+    f = pq.ParquetFile(path)
+    groups, offset, first = [], 0, None
+    for g in range(f.metadata.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups or stop <= start:
+        return empty_frame(kind)
+    table = f.read_row_groups(groups).slice(start - first, stop - start)
+    return _frame(table, kind, path)
 
 
 def table_parts(path: Path) -> list[Path]:
@@ -187,7 +215,13 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
         tables.append(table.select(schema.names).cast(schema))
     if not tables:
         return empty_frame(kind)
-    table = pa.concat_tables(tables)
+    return _frame(pa.concat_tables(tables), kind, path)
+
+
+def _frame(table: pa.Table, kind: str, path: str | Path) -> pd.DataFrame:
+    """A `kind` table read from `path` as a DataFrame (ids checked unique)."""
+    schema = SCHEMAS[kind]
+    table = table.select(schema.names).cast(schema)
     # to_pylist, not to_pandas: list cells must be plain lists, not numpy arrays
     df = pd.DataFrame({name: table.column(name).to_pylist() for name in schema.names})
     if "id" in df.columns and df["id"].duplicated().any():

@@ -125,10 +125,10 @@ def _retrieve_test(cfg, run: Path, test: str, vecs_test: str, labeled: str, vecs
 
 
 def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
-    return {"shard_ids": steps.shard_plan(unlabeled, cfg.execution.shard_size)}
+    return {"shard_rows": steps.shard_plan(unlabeled, cfg.execution.shard_size, cfg.execution.max_shards)}
 
 
-def _generate(cfg, run: Path, item: list[str], unlabeled: str, labeled: str, neighbors: str, warm: str,
+def _generate(cfg, run: Path, item: list[int], unlabeled: str, labeled: str, neighbors: str, warm: str,
               answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
     # Named by the key directory (`run`), so the stable names of all shards sit side by side.
     out = run / "responses" / f"shard-{run.name}.parquet"
@@ -151,7 +151,7 @@ def _vote(cfg, run: Path, responses: str) -> dict:
     return {"votes": str(steps.vote_step(responses, run / "votes.parquet"))}
 
 
-def _justify(cfg, run: Path, item: list[str], votes: str, responses: str, unlabeled: str, warm: str,
+def _justify(cfg, run: Path, item: list[int], votes: str, responses: str, unlabeled: str, warm: str,
              answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
     return {"justified_shards": str(steps.justify_shard(cfg, item, votes, responses, unlabeled, warm, answer_type,
                                                         run / "justified" / f"shard-{run.name}.parquet"))}
@@ -254,17 +254,17 @@ STEPS: tuple[Step, ...] = (
          files=("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled")),
     Step("retrieve-test", _retrieve_test, ("test", "vecs_test", "labeled", "vecs_labeled"), ("test_neighbors",),
          config=("propagation",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
-    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_ids",), files=("unlabeled",),
-         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size}"),  # execution, yet it sets the plan
-    Step("generate", _generate, ("shard_ids", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
-         ("shards",), accelerator=True, each="shard_ids", key=_shard_key,
+    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows",), files=("unlabeled",),  # execution, yet it sets the plan:
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
+    Step("generate", _generate, ("shard_rows", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
+         ("shards",), accelerator=True, each="shard_rows", key=_shard_key,
          keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),
          config=steps.GENERATION_CONFIG),
     Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("collaboration",),
          files=("shards", "labeled", "neighbors")),
     Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
-    Step("justify", _justify, ("shard_ids", "votes", "responses", "unlabeled", "warm", "answer_type"),
-         ("justified_shards",), config=steps.JUSTIFICATION_CONFIG, accelerator=True, each="shard_ids", key=_justify_key,
+    Step("justify", _justify, ("shard_rows", "votes", "responses", "unlabeled", "warm", "answer_type"),
+         ("justified_shards",), config=steps.JUSTIFICATION_CONFIG, accelerator=True, each="shard_rows", key=_justify_key,
          keyed_by_content=("item", "votes", "responses", "unlabeled", "warm")),
     Step("collect-justified", _collect_justified, ("justified_shards",), ("justified",),
          files=("justified_shards",)),

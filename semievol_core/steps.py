@@ -44,7 +44,7 @@ from .config import OpenAIConfig, SemiEvolConfig, VLLMConfig, resolve_api_key
 from .data import atomic_write_parquet, read_table, table_parts, write_table, write_table_parts
 from .evaluation import metrics, predict
 from .justification import justify
-from .propagation import knn_label_vote, retrieve_neighbors
+from .propagation import NEIGHBOR_COLUMNS, knn_label_vote, retrieve_neighbors
 from .prompts import Demo
 from .selection import class_mix, class_mix_warning, removal_counts, select_pseudo_labels
 from .voting import vote
@@ -53,6 +53,11 @@ if TYPE_CHECKING:
     from .embed import Embedder
 
 CODE_VERSION = "1"  # bump when a step's output for the same inputs changes
+
+
+NEIGHBOR_SCHEMA = pa.schema([("unlabeled_id", pa.string()), ("rank", pa.int64()), ("labeled_id", pa.string()),
+                             ("score", pa.float32())])
+assert NEIGHBOR_SCHEMA.names == NEIGHBOR_COLUMNS
 
 
 # ---------------------------------------------------------------------------- small file helpers
@@ -278,24 +283,73 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
 
 
 # ---------------------------------------------------------------------------- 2. in-context propagation
+EMBED_CHUNK = 8192  # questions embedded (and searched) at a time: memory is a chunk, not the table
+
+
 def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
-    df = read_table(table, kind)
-    vecs = get_embedder(cfg).embed(df["question"].tolist())
-    out = Path(out)
-    # np.save to an open file: given a path not ending in .npy it would write to path + ".npy"
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, vecs)
+    """The table's question vectors as one .npy, embedded a chunk of questions at a time into a
+    memory-mapped file (a million questions: 1.5 GB on disk, a chunk in memory)."""
+    from numpy.lib.format import open_memmap
+
+    from .data import read_rows, table_parts
+
+    out, path = Path(out), Path(table)
+    parts = table_parts(path)
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    with atomic_path(out) as tmp:
+        vecs = None
+        start = 0
+        for part in parts:
+            rows = pq.ParquetFile(part).metadata.num_rows
+            for i in range(0, rows, EMBED_CHUNK):
+                chunk = get_embedder(cfg).embed(read_rows(part, kind, i, min(i + EMBED_CHUNK, rows))["question"].tolist())
+                if vecs is None:
+                    vecs = open_memmap(tmp, mode="w+", dtype=chunk.dtype, shape=(n, chunk.shape[1]))
+                vecs[start:start + len(chunk)] = chunk
+                start += len(chunk)
+        if vecs is None:  # no rows: an empty (0, 0) array, as embedding nothing gave before
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.zeros((0, 0), dtype=np.float32))
+        else:
+            vecs.flush()
+            del vecs
     return out
 
 
 def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, query_vecs: str | Path,
                    labeled: str | Path, labeled_vecs: str | Path, out: str | Path) -> Path:
-    q = read_table(queries, query_kind)
+    """The k labeled neighbours of every query row, searched EMBED_CHUNK queries at a time and
+    written one row group per chunk (read_neighbors reads a shard's chunk alone)."""
+    from .data import read_rows
+
     lab = read_table(labeled, "labeled")
-    nb = retrieve_neighbors(q["id"].tolist(), np.load(query_vecs), lab["id"].tolist(), np.load(labeled_vecs),
-                            k=cfg.propagation.k_demos, unlabeled_texts=q["question"].tolist(),
-                            labeled_texts=lab["question"].tolist())
-    return save_frame(nb, out)
+    lab_vecs = np.load(labeled_vecs)
+    vecs = np.load(query_vecs, mmap_mode="r")
+    n = pq.ParquetFile(queries).metadata.num_rows
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        writer = None
+        for i in range(0, max(n, 1), EMBED_CHUNK):
+            q = read_rows(queries, query_kind, i, min(i + EMBED_CHUNK, n))
+            nb = retrieve_neighbors(q["id"].tolist(), np.asarray(vecs[i:i + len(q)]), lab["id"].tolist(), lab_vecs,
+                                    k=cfg.propagation.k_demos, unlabeled_texts=q["question"].tolist(),
+                                    labeled_texts=lab["question"].tolist())
+            table = pa.Table.from_pandas(nb, schema=NEIGHBOR_SCHEMA, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, NEIGHBOR_SCHEMA)
+            writer.write_table(table, row_group_size=max(1, len(table)))  # one row group per chunk, even empty
+        writer.close()
+    return out
+
+
+def read_neighbors(neighbors: str | Path, start: int, stop: int, ids: Sequence[str]) -> pd.DataFrame:
+    """The neighbour rows of the query rows [start, stop) (with these `ids`): only the row groups
+    of the EMBED_CHUNK chunks they fall in are read."""
+    f = pq.ParquetFile(neighbors)
+    groups = list(range(start // EMBED_CHUNK, min(-(-stop // EMBED_CHUNK), f.metadata.num_row_groups)))
+    table = f.read_row_groups(groups) if groups else f.schema_arrow.empty_table()
+    nb = pd.DataFrame({c: table.column(c).to_pylist() for c in table.column_names})
+    return nb[nb["unlabeled_id"].isin(set(ids))].reset_index(drop=True)
 
 
 def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, list[Demo]]:
@@ -308,16 +362,21 @@ def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, lis
 
 
 # ---------------------------------------------------------------------------- 3. collaboration
-def shard_plan(unlabeled: str | Path, shard_size: int) -> list[list[str]]:
-    """Question ids per generation shard, in table order, never across two parts of the dataset's
-    unlabeled/ (the run's copy keeps one row group per part): rows appended later (a new part)
-    land in new shards, so every shard of rows answered before keeps its content and its key."""
-    from .data import row_group_sizes
+def shard_plan(unlabeled: str | Path, shard_size: int, max_shards: int) -> list[list[int]]:
+    """Row ranges [start, stop) of the run's unlabeled table, one per generation shard, in table
+    order and never across two parts of the dataset's unlabeled/ (data.part_sizes): rows appended
+    later (a new part) land in new shards, so every shard of rows answered before keeps its content
+    and its key. A part gets shards of shard_size rows, or bigger ones when that would make more
+    than max_shards of them (a million-row part: 200 shards of 5,000, not 7,813 of 128). Read from
+    the file's metadata alone."""
+    from .data import part_sizes
 
-    ids = read_table(unlabeled, "unlabeled")["id"].tolist()
-    bounds = np.cumsum([0, *row_group_sizes(unlabeled)]) if Path(unlabeled).is_file() else [0, len(ids)]
-    return [ids[i : min(i + shard_size, end)] for start, end in zip(bounds[:-1], bounds[1:])
-            for i in range(int(start), int(end), shard_size)]
+    plan, start = [], 0
+    for rows in part_sizes(unlabeled):
+        size = max(shard_size, -(-rows // max_shards))
+        plan += [[i, min(i + size, start + rows)] for i in range(start, start + rows, size)]
+        start += rows
+    return plan
 
 
 # The config a shard's responses depend on (collaboration.py reads it; graph: the generate step).
@@ -349,19 +408,21 @@ def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
     return "any warm model" if cfg.rounds.reuse_pseudo_labels else file_digest(warm_adapter)
 
 
-def shard_inputs(ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+def shard_inputs(rows: Sequence[int], unlabeled: str | Path, labeled: str | Path,
                  neighbors: str | Path) -> tuple[pd.DataFrame, dict[str, list[Demo]]]:
-    """One shard's questions (in `ids` order) and their demonstrations."""
-    ids = list(ids)
-    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[ids].reset_index()
-    nb = load_frame(neighbors)
-    return qs, demos_by_id(nb[nb["unlabeled_id"].isin(ids)], read_table(labeled, "labeled"))
+    """One shard's questions (rows [start, stop) of the run's unlabeled table) and their
+    demonstrations, read without the rest of either table (data.read_rows, read_neighbors)."""
+    from .data import read_rows
+
+    start, stop = rows
+    qs = read_rows(unlabeled, "unlabeled", start, stop)
+    return qs, demos_by_id(read_neighbors(neighbors, start, stop, qs["id"].tolist()), read_table(labeled, "labeled"))
 
 
-def shard_generation_key(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+def shard_generation_key(cfg: SemiEvolConfig, rows: Sequence[int], unlabeled: str | Path, labeled: str | Path,
                          neighbors: str | Path, warm_adapter: str | Path, answer_type: str) -> str:
     """generation_key of one shard: rows appended to the tables later do not change it."""
-    return generation_key(cfg, warm_adapter, *shard_inputs(ids, unlabeled, labeled, neighbors), answer_type)
+    return generation_key(cfg, warm_adapter, *shard_inputs(rows, unlabeled, labeled, neighbors), answer_type)
 
 
 def collaborators_of(cfg: SemiEvolConfig):
@@ -369,12 +430,12 @@ def collaborators_of(cfg: SemiEvolConfig):
     return collab.collaborators or plan_collaborators(collab.n_collaborators, cfg.propagation.k_demos, cfg.seed)
 
 
-def generate_shard(cfg: SemiEvolConfig, ids: Sequence[str], unlabeled: str | Path, labeled: str | Path,
+def generate_shard(cfg: SemiEvolConfig, rows: Sequence[int], unlabeled: str | Path, labeled: str | Path,
                    neighbors: str | Path, warm_adapter: str | Path, out: str | Path,
                    answer_type: str, on_progress: Callable[[float], None] | None = None) -> Path:
     """Responses of every collaborator for one shard of questions, as one file. on_progress(fraction
     of the shard done) is called as collaborator groups finish."""
-    qs, demos = shard_inputs(ids, unlabeled, labeled, neighbors)
+    qs, demos = shard_inputs(rows, unlabeled, labeled, neighbors)
     responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
                                    cfg, answer_type, on_progress=on_progress)
     return save_frame(responses, out)
@@ -403,21 +464,30 @@ def vote_step(responses: str | Path, out: str | Path) -> Path:
 JUSTIFICATION_CONFIG = ("model", "system_prompt", "seed", "collaboration.mode", "justification")
 
 
-def justification_inputs(ids: Sequence[str], votes: str | Path, responses: str | Path,
+def justification_inputs(rows: Sequence[int], votes: str | Path, responses: str | Path,
                          unlabeled: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """One shard's votes, responses and questions."""
-    ids = list(ids)
-    vt, resp = load_frame(votes), load_frame(responses)
-    qs = read_table(unlabeled, "unlabeled").set_index("id").loc[ids].reset_index()
-    return vt[vt["unlabeled_id"].isin(ids)], resp[resp["unlabeled_id"].isin(ids)], qs
+    """One shard's votes, responses and questions (rows [start, stop) of the unlabeled table);
+    the votes and responses are read filtered to its questions, not whole."""
+    from .data import read_rows
+
+    qs = read_rows(unlabeled, "unlabeled", *rows)
+    ids = qs["id"].tolist()
+    return _rows_of(votes, ids), _rows_of(responses, ids), qs
 
 
-def justification_key(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
+def _rows_of(path: str | Path, ids: list[str]) -> pd.DataFrame:
+    """The rows of a step's table whose unlabeled_id is in `ids`, in file order (a filtered scan:
+    memory stays one row group, not the table)."""
+    table = pq.read_table(path, filters=[("unlabeled_id", "in", ids)]) if ids else pq.read_table(path).slice(0, 0)
+    return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+
+
+def justification_key(cfg: SemiEvolConfig, rows: Sequence[int], votes: str | Path, responses: str | Path,
                       unlabeled: str | Path, warm_adapter: str | Path, answer_type: str) -> str:
     """Everything one shard's justifications depend on: its questions, their votes and responses,
     the warm model (steps.warm_key), the settings, the code version. Other shards' rows do not
     enter, so an old question is not justified again when new rows arrive."""
-    return _justification_key(cfg, *justification_inputs(ids, votes, responses, unlabeled), warm_adapter,
+    return _justification_key(cfg, *justification_inputs(rows, votes, responses, unlabeled), warm_adapter,
                               answer_type)
 
 
@@ -433,10 +503,10 @@ def _justification_key(cfg: SemiEvolConfig, vt: pd.DataFrame, resp: pd.DataFrame
     return h.hexdigest()
 
 
-def justify_shard(cfg: SemiEvolConfig, ids: Sequence[str], votes: str | Path, responses: str | Path,
+def justify_shard(cfg: SemiEvolConfig, rows: Sequence[int], votes: str | Path, responses: str | Path,
                   unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, out: str | Path) -> Path:
     """The warm model's decisions on one shard's disputed questions, as one file."""
-    vt, resp, qs = justification_inputs(ids, votes, responses, unlabeled)
+    vt, resp, qs = justification_inputs(rows, votes, responses, unlabeled)
     return save_frame(justify(get_backend(cfg), vt, resp, qs, str(warm_adapter), cfg, answer_type), out)
 
 

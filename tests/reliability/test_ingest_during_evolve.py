@@ -26,7 +26,7 @@ from runner import ROOT
 from semievol_core import graph, steps
 from semievol_core.atomic import leftover_temps
 from semievol_core.config import SemiEvolConfig
-from semievol_core.data import row_group_sizes, table_parts
+from semievol_core.data import part_sizes, table_parts
 
 from conftest import sentiment_rows
 
@@ -117,11 +117,11 @@ def test_a_reader_gets_each_part_whole_or_not_at_all_while_ingest_appends_one(se
     assert published["status"] == "ingested" and published["added"] == NEW
     new_part = Path(published["part"])
     assert table_parts(unlabeled) == [old_part, new_part] and leftover_temps(unlabeled) == []
-    assert _ids(second) == old and row_group_sizes(second) == [len(old)]
+    assert _ids(second) == old and part_sizes(second) == [len(old)]
 
     # 3. The next run reads both parts, each whole: one row group per part, every new row in it.
     third = _prepare(data, tmp_path / "run3")
     new = _ids(new_part)
     assert len(new) == NEW and not new & old
-    assert _ids(third) == old | new and row_group_sizes(third) == [len(old), NEW]
+    assert _ids(third) == old | new and part_sizes(third) == [len(old), NEW]
     assert steps.dataset_fingerprint(data) != fingerprint
