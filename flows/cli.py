@@ -342,6 +342,42 @@ def evaluate(
     print(f"\npredictions: {res['predictions']}")
 
 
+@app.command(epilog="\b\nexamples:\n  semievol train --labeled runs/fpb/data/labeled.parquet --out runs/sft\n"
+                    "  torchrun --nproc_per_node 4 -m flows.cli train --labeled runs/fpb/data/labeled.parquet "
+                    "--pseudo-labels runs/fpb/pseudo_labels.parquet --unlabeled runs/fpb/data/unlabeled.parquet "
+                    "--out runs/final")
+def train(
+    labeled: Annotated[Path, typer.Option(metavar="FILE", help="labeled table (.parquet)")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="adapter directory to write")],
+    config: ConfigFile = None,
+    model: Model = None,
+    set_: Sets = None,
+    pseudo_labels: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="a run's pseudo_labels.parquet: its selected rows join the labeled ones")] = None,
+    unlabeled: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="the unlabeled table the pseudo-labels answer (with --pseudo-labels)")] = None,
+    init_adapter: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="continue this adapter instead of starting from the base model")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """LoRA fine-tune on a labeled table (+ selected pseudo-labels), as evolve's train steps do;
+    data-parallel on several GPUs (or CPU processes) under torchrun or accelerate launch"""
+    from semievol_core.steps import train_adapter
+
+    cfg = _no_progress(_load_config(config, None, {"model": model}, set_ or []), no_progress)
+    for path in (labeled, pseudo_labels, unlabeled):
+        if path is not None and not path.is_file():
+            raise UserError(f"{path}: table not found")
+    if (pseudo_labels is None) != (unlabeled is None):
+        raise UserError("--pseudo-labels and --unlabeled go together (the pseudo-labels answer its questions)")
+    if init_adapter is not None and not init_adapter.is_dir():
+        raise UserError(f"{init_adapter}: adapter directory not found")
+    adapter = train_adapter(cfg, [(labeled, "labeled")], out, init_adapter=init_adapter,
+                            pseudo_labels=pseudo_labels, unlabeled=unlabeled)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets here; one line
+        print(f"adapter: {adapter}")
+
+
 @app.command(epilog="\b\nexample:\n  semievol ingest inbox/ --into data/fpb --map question=prompt,options=choices\n\n"
                     "\b\nFiles: .jsonl, .csv, .parquet. Processed files move to INBOX/processed/; other\n"
                     "files, and files with no usable row, to INBOX/rejected/ with a reason (exit 2).\n"

@@ -470,6 +470,7 @@ def train_lora(
                 prediction_loss_only=True,
                 bf16=bf16,
                 use_cpu=not use_cuda,
+                ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight gets a gradient
                 activation_checkpointing=gradient_checkpointing,
                 activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
             )
@@ -510,9 +511,15 @@ def train_lora(
             "n_train": len(train_set),
             "n_val": len(val_set),
             "epochs_run": epochs_run,
+            "world_size": args.world_size,  # processes that trained data-parallel (torchrun)
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
-        _save_atomically(peft_model, out_dir, {"loss_curve.json": curve, "train_config.json": run})
+        # Under torchrun / accelerate launch every process trained the same replica (DDP keeps
+        # them equal); the first one writes it.
+        if trainer.is_world_process_zero():
+            _save_atomically(peft_model, out_dir, {"loss_curve.json": curve, "train_config.json": run})
+        if args.world_size > 1:
+            trainer.accelerator.wait_for_everyone()  # no process returns before the adapter is there
     finally:
         torch.set_num_threads(old_threads)
 

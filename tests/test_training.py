@@ -253,3 +253,37 @@ def test_max_steps_sets_the_number_of_optimizer_updates_whatever_the_data_size(s
         curve = json.loads((tmp_path / f"n{n}" / "loss_curve.json").read_text())
         assert [s["step"] for s in curve["train"]] == [1, 2, 3, 4, 5, 6]
         assert curve["train"][-1]["epoch"] == pytest.approx(6 * 4 / n)
+
+
+@pytest.mark.slow
+def test_semievol_train_runs_data_parallel_under_torchrun_on_gloo(tiny_model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m flows.cli train` on CPU: two processes train one replica
+    (DDP over gloo), so an epoch of 36 rows at batch 8 is ceil(36 / 16) = 3 updates, not 5, and
+    the first process alone writes the adapter."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import sentiment_rows
+    from semievol_core.data import write_table
+
+    labeled = write_table(pd.DataFrame(sentiment_rows(40)), tmp_path / "labeled.parquet", "labeled")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "adapter"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "flows.cli", "train", "--labeled", str(labeled),
+                           "--out", str(out), "--model", str(tiny_model_dir), "--set", "train.epochs=1",
+                           "--set", "execution.threads=1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("adapter: ") == 1  # one line, from rank 0
+    run = json.loads((out / "train_config.json").read_text())
+    curve = json.loads((out / "loss_curve.json").read_text())
+    assert run["world_size"] == 2 and run["n_train"] == 36
+    assert [s["step"] for s in curve["train"]] == [1, 2, 3]
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    assert not list(tmp_path.glob(".*adapter*"))  # no temp directory of a second writer left behind
