@@ -242,8 +242,11 @@ class ExecutionConfig(Section):
     workers: int = Field(default=0, ge=0)
     cluster: str | None = None
     # Training memory: recompute activations in the backward pass. Same adapter; measured on FPB
-    # (SmolLM2-135M, batch 8): peak RSS 5.2 -> 2.9 GB, 1.6x the training time.
-    gradient_checkpointing: bool = False
+    # (SmolLM2-135M, batch 8): peak RSS 5.2 -> 2.9 GB, 1.6x the training time. "auto": on when the
+    # longest batch's activations would not fit in the memory left (training.needs_checkpointing),
+    # within memory_gb for the whole process if set, else what the machine has available.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    memory_gb: float | None = Field(default=None, gt=0)
     progress: bool = True
 
     @model_validator(mode="after")

@@ -278,6 +278,7 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
                         init_adapter=str(init_adapter) if init_adapter else None,
                         progress=cfg.execution.progress, threads=cfg.execution.threads,
                         gradient_checkpointing=cfg.execution.gradient_checkpointing,
+                        memory_budget_bytes=int(cfg.execution.memory_gb * 2**30) if cfg.execution.memory_gb else None,
                         n_gold=n_gold, pseudo_weight=cfg.final.pseudo_weight)
     return Path(result.adapter_dir)
 

@@ -287,3 +287,21 @@ def test_semievol_train_runs_data_parallel_under_torchrun_on_gloo(tiny_model_dir
     assert [s["step"] for s in curve["train"]] == [1, 2, 3]
     assert (out / "adapter_model.safetensors").stat().st_size > 0
     assert not list(tmp_path.glob(".*adapter*"))  # no temp directory of a second writer left behind
+
+
+def test_auto_checkpointing_turns_on_only_when_the_activations_would_not_fit():
+    """SmolLM2-135M's shape, a batch of 8 rows of 162 tokens (the FPB batch measured at 5.1 GB
+    peak): ~3.7 GiB of activations, so on under 2 GiB of headroom and off under 8."""
+    import resource
+    from types import SimpleNamespace
+
+    from semievol_core.training import activation_bytes, needs_checkpointing
+
+    smollm2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576, intermediate_size=1536)
+    assert activation_bytes(smollm2, 8 * 162) == 8 * 162 * 30 * (28 * 576 + 6 * 1536) * 4
+    held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    on, why = needs_checkpointing(smollm2, 8, 162, budget_bytes=held + 8 * 2**30)
+    assert not on and why.startswith("activation checkpointing off: a step of 8 x 162 tokens keeps ~3.7 GiB")
+    on, why = needs_checkpointing(smollm2, 8, 162, budget_bytes=held + 2 * 2**30)
+    assert on and "2.0 GiB left" in why
+    assert needs_checkpointing(smollm2, 1, 40, budget_bytes=held + 2 * 2**30)[0] is False  # a small batch fits
