@@ -143,6 +143,16 @@ def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment
         0.3, 2, 8, False)
     assert received["limits"] == Limits(labeled=32, unlabeled=32, test=7)  # the preset's, then --limit-test
     assert received["systems"] == ["sft"]
+    # --workers / --cluster are execution.workers / execution.cluster; both at once is one line
+    assert cli.main(["evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"), "--workers", "2",
+                     "--no-progress"]) == 0
+    assert (received["config"].execution.workers, received["config"].execution.cluster) == (2, None)
+    assert cli.main(["evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"),
+                     "--cluster", "tcp://dask:8786"]) == 0
+    assert received["config"].execution.cluster == "tcp://dask:8786"
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--workers", "2", "--cluster", "tcp://dask:8786"))
+    assert "workers=2 starts a cluster on this machine and cluster='tcp://dask:8786' names a running one" in line
 
 
 @pytest.mark.parametrize("pair,expected", [
