@@ -50,7 +50,8 @@ class Step:
     name: the step and its task-run name in the UI ("embed-test"); task: the task it is a run of
     ("embed"; default: name); run(cfg, run_dir, **inputs) -> {output: value}; each: an input
     holding a list, the step then runs once per element (passed as `item`) and each output becomes
-    a list in the same order; key: optional (cfg, inputs) -> str, the part of the cache key that
+    a list in the same order (a tuple of such inputs: their lists zipped, `item` the element's
+    list of values); key: optional (cfg, inputs) -> str, the part of the cache key that
     stands for inputs it names in `keyed_by_content` (a generation shard: its own questions and
     demonstrations, not the whole tables); files: inputs that are paths (keyed by content);
     config: what of the config the output depends on, as `SemiEvolConfig.result_key` names it:
@@ -65,7 +66,7 @@ class Step:
     config: tuple[str, ...] = ()
     accelerator: bool = False
     task: str = ""
-    each: str | None = None
+    each: str | tuple[str, ...] | None = None
     files: tuple[str, ...] = ()
     key: Callable[[SemiEvolConfig, dict], str] | None = None
     keyed_by_content: tuple[str, ...] = ()
@@ -151,14 +152,17 @@ def _vote(cfg, run: Path, responses: str) -> dict:
     return {"votes": str(steps.vote_step(responses, run / "votes.parquet"))}
 
 
-def _justify(cfg, run: Path, item: list[int], votes: str, responses: str, unlabeled: str, warm: str,
+def _justify(cfg, run: Path, item: list, votes: str, unlabeled: str, warm: str,
              answer_type: str, on_progress: Callable[[float], None] | None = None) -> dict:
-    return {"justified_shards": str(steps.justify_shard(cfg, item, votes, responses, unlabeled, warm, answer_type,
+    """(4) A shard's disputed questions, from its own responses file (item: its rows and the file)."""
+    rows, responses = item
+    return {"justified_shards": str(steps.justify_shard(cfg, rows, votes, responses, unlabeled, warm, answer_type,
                                                         run / "justified" / f"shard-{run.name}.parquet"))}
 
 
 def _justify_key(cfg: SemiEvolConfig, inputs: dict) -> str:
-    return steps.justification_key(cfg, inputs["item"], inputs["votes"], inputs["responses"], inputs["unlabeled"],
+    rows, responses = inputs["item"]
+    return steps.justification_key(cfg, rows, inputs["votes"], responses, inputs["unlabeled"],
                                    inputs["warm"], inputs["answer_type"])
 
 
@@ -263,9 +267,9 @@ STEPS: tuple[Step, ...] = (
     Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("collaboration",),
          files=("shards", "labeled", "neighbors")),
     Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
-    Step("justify", _justify, ("shard_rows", "votes", "responses", "unlabeled", "warm", "answer_type"),
-         ("justified_shards",), config=steps.JUSTIFICATION_CONFIG, accelerator=True, each="shard_rows", key=_justify_key,
-         keyed_by_content=("item", "votes", "responses", "unlabeled", "warm")),
+    Step("justify", _justify, ("shard_rows", "shards", "votes", "unlabeled", "warm", "answer_type"),
+         ("justified_shards",), config=steps.JUSTIFICATION_CONFIG, accelerator=True, each=("shard_rows", "shards"),
+         key=_justify_key, keyed_by_content=("item", "votes", "unlabeled", "warm")),
     Step("collect-justified", _collect_justified, ("justified_shards",), ("justified",),
          files=("justified_shards",)),
     Step("select", _select, ("votes", "justified", "responses", "unlabeled", "labeled", "oracle", "answer_type"),
@@ -410,7 +414,11 @@ def execute(todo: Sequence[Step], values: dict, call: Call, cfg: SemiEvolConfig,
             key = step_key(step, cfg, inputs, digest)
             values.update(linked(step, key, call(step, inputs, key, None, 1)))
         else:
-            elements = [{**inputs, "item": item} for item in inputs.pop(step.each)]
+            if isinstance(step.each, tuple):
+                items = [list(element) for element in zip(*(inputs.pop(name) for name in step.each), strict=True)]
+            else:
+                items = inputs.pop(step.each)
+            elements = [{**inputs, "item": item} for item in items]
             keys = [step_key(step, cfg, e, digest) for e in elements]
             if hasattr(call, "many"):
                 results = call.many(step, list(zip(elements, keys)))

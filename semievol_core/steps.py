@@ -467,13 +467,15 @@ JUSTIFICATION_CONFIG = ("model", "system_prompt", "seed", "collaboration.mode", 
 
 def justification_inputs(rows: Sequence[int], votes: str | Path, responses: str | Path,
                          unlabeled: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """One shard's votes, responses and questions (rows [start, stop) of the unlabeled table);
-    the votes and responses are read filtered to its questions, not whole."""
+    """One shard's votes, responses and questions: rows [start, stop) of the unlabeled table, the
+    shard's own responses file (its generation output) and the votes read filtered to its
+    questions, so no shard reads the whole responses table."""
     from .data import read_rows
 
     qs = read_rows(unlabeled, "unlabeled", *rows)
     ids = qs["id"].tolist()
-    return _rows_of(votes, ids), _rows_of(responses, ids), qs
+    resp = load_frame(responses)
+    return _rows_of(votes, ids), resp[resp["unlabeled_id"].isin(set(ids))], qs
 
 
 def _rows_of(path: str | Path, ids: list[str]) -> pd.DataFrame:
