@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -131,6 +132,8 @@ def one_size(n: int) -> dict:
     data = write_dataset(RUNS / f"data-{n}", n)
     data_s = time.perf_counter() - t_data
     out = RUNS / f"run-{n}"
+    if out.exists():  # a measurement starts cold: a run directory left from before would be all cache hits
+        shutil.rmtree(out)
     cfg = SemiEvolConfig(model=str(model), collaboration={"mode": "choice_logprobs"},
                          train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
                          execution={"progress": False})
