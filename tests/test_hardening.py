@@ -209,8 +209,22 @@ def test_a_full_disk_leaves_the_old_table_and_no_temp_then_the_next_write_works(
     old, new = pd.DataFrame(sentiment_rows(3)), pd.DataFrame(sentiment_rows(5, offset=10))
     write_table(old, path, "test")
     with monkeypatch.context() as mp:
-        if where == "while writing":
+        if where == "while writing":  # tables go through a ParquetWriter (row groups, part sizes)
+            class FullDiskWriter:
+                def __init__(self, where, schema):
+                    self.where = where
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    return False
+
+                def write_table(self, table, **kwargs):
+                    _half_written_then_full(table, self.where)
+
             mp.setattr(data.pq, "write_table", _half_written_then_full)
+            mp.setattr(data.pq, "ParquetWriter", FullDiskWriter)
         else:  # delayed allocation: the bytes are accepted, the space runs out at fsync
             mp.setattr(atomic, "fsync_file", _disk_full)
         with pytest.raises(OSError) as info:
