@@ -109,3 +109,25 @@ def write_sentiment_dataset(data_dir: Path, n_labeled=12, n_unlabeled=10, n_test
 @pytest.fixture
 def sentiment_dataset(tmp_path) -> Path:
     return write_sentiment_dataset(tmp_path / "data")
+
+
+def failing_parquet_writes(monkeypatch, fail) -> None:
+    """Make every Parquet write of semievol_core.data call fail(table, where) instead: both
+    pq.write_table and the ParquetWriter that tables go through (row groups, part sizes)."""
+    import semievol_core.data as data
+
+    class FailingWriter:
+        def __init__(self, where, schema):
+            self.where = where
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write_table(self, table, **kwargs):
+            fail(table, self.where)
+
+    monkeypatch.setattr(data.pq, "write_table", fail)
+    monkeypatch.setattr(data.pq, "ParquetWriter", FailingWriter)

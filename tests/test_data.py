@@ -199,21 +199,9 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    class CrashingWriter:  # write_table writes through a ParquetWriter (row groups, part sizes)
-        def __init__(self, where, schema):
-            self.where = where
+    from conftest import failing_parquet_writes
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def write_table(self, table, **kwargs):
-            crash(table, self.where)
-
-    monkeypatch.setattr(data_mod.pq, "write_table", crash)
-    monkeypatch.setattr(data_mod.pq, "ParquetWriter", CrashingWriter)
+    failing_parquet_writes(monkeypatch, crash)
     with pytest.raises(OSError, match="disk full"):
         write_table(labeled_df(3), path, "labeled")
     with pytest.raises(OSError, match="disk full"):

@@ -203,28 +203,15 @@ def _half_written_then_full(table, where, *args, **kwargs) -> None:
 @pytest.mark.parametrize("where", ["while writing", "at fsync"])
 def test_a_full_disk_leaves_the_old_table_and_no_temp_then_the_next_write_works(tmp_path, monkeypatch, where):
     import semievol_core.atomic as atomic
-    import semievol_core.data as data
 
     path = tmp_path / "data" / "test.parquet"
     old, new = pd.DataFrame(sentiment_rows(3)), pd.DataFrame(sentiment_rows(5, offset=10))
     write_table(old, path, "test")
     with monkeypatch.context() as mp:
-        if where == "while writing":  # tables go through a ParquetWriter (row groups, part sizes)
-            class FullDiskWriter:
-                def __init__(self, where, schema):
-                    self.where = where
+        if where == "while writing":
+            from conftest import failing_parquet_writes
 
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *exc):
-                    return False
-
-                def write_table(self, table, **kwargs):
-                    _half_written_then_full(table, self.where)
-
-            mp.setattr(data.pq, "write_table", _half_written_then_full)
-            mp.setattr(data.pq, "ParquetWriter", FullDiskWriter)
+            failing_parquet_writes(mp, _half_written_then_full)
         else:  # delayed allocation: the bytes are accepted, the space runs out at fsync
             mp.setattr(atomic, "fsync_file", _disk_full)
         with pytest.raises(OSError) as info:
