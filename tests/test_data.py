@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from semievol_core import data as data_mod
 from semievol_core.data import (
     append_part,
     load_dataset,
