@@ -18,8 +18,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-NEIGHBOR_COLUMNS = ["unlabeled_id", "rank", "labeled_id", "score"]
+# The neighbours table: one row per (query, rank); steps.find_neighbors writes it with this schema.
+NEIGHBOR_SCHEMA = pa.schema([("unlabeled_id", pa.string()), ("rank", pa.int64()), ("labeled_id", pa.string()),
+                             ("score", pa.float32())])
+NEIGHBOR_COLUMNS = NEIGHBOR_SCHEMA.names
 
 
 def retrieve_neighbors(

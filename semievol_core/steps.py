@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -44,7 +45,7 @@ from .config import OpenAIConfig, SemiEvolConfig, VLLMConfig, resolve_api_key
 from .data import atomic_write_parquet, read_table, table_parts, write_table, write_table_parts
 from .evaluation import metrics, predict
 from .justification import justify
-from .propagation import NEIGHBOR_COLUMNS, knn_label_vote, retrieve_neighbors
+from .propagation import NEIGHBOR_SCHEMA, knn_label_vote, retrieve_neighbors
 from .prompts import Demo
 from .selection import class_mix, class_mix_warning, removal_counts, select_pseudo_labels
 from .voting import vote
@@ -53,11 +54,6 @@ if TYPE_CHECKING:
     from .embed import Embedder
 
 CODE_VERSION = "1"  # bump when a step's output for the same inputs changes
-
-
-NEIGHBOR_SCHEMA = pa.schema([("unlabeled_id", pa.string()), ("rank", pa.int64()), ("labeled_id", pa.string()),
-                             ("score", pa.float32())])
-assert NEIGHBOR_SCHEMA.names == NEIGHBOR_COLUMNS
 
 
 # ---------------------------------------------------------------------------- small file helpers
@@ -100,6 +96,38 @@ def file_digest(*paths: str | Path) -> str:
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple:
+    """What identifies a file's (or directory's) bytes without reading them."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        return (str(path.resolve()), "dir",
+                tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def content_digest(path: str | Path) -> str:
+    """file_digest memoised per size+mtime: cache keys hash a big table or an adapter once per
+    process, not once per shard that reads it (the flows' `digest`, warm_key)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input is missing")
+    stamp = _stamp(path)
+    with _DIGEST_LOCK:
+        hit = _DIGESTS.get(stamp)
+    if hit is None:
+        hit = file_digest(path)
+        with _DIGEST_LOCK:
+            if len(_DIGESTS) > 4096:  # a long-lived worker: keep the memo bounded
+                _DIGESTS.clear()
+            _DIGESTS[stamp] = hit
+    return hit
 
 
 RUN_LOCK = ".run.lock"
@@ -406,7 +434,7 @@ def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.
 def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
     """The warm model's part of a shard's key: its weights, or, with rounds.reuse_pseudo_labels,
     nothing, so a shard answered once is kept whichever champion labels the next night's rows."""
-    return "any warm model" if cfg.rounds.reuse_pseudo_labels else file_digest(warm_adapter)
+    return "any warm model" if cfg.rounds.reuse_pseudo_labels else content_digest(warm_adapter)
 
 
 def shard_inputs(rows: Sequence[int], unlabeled: str | Path, labeled: str | Path,
@@ -481,7 +509,7 @@ def justification_inputs(rows: Sequence[int], votes: str | Path, responses: str 
 def _rows_of(path: str | Path, ids: list[str]) -> pd.DataFrame:
     """The rows of a step's table whose unlabeled_id is in `ids`, in file order (a filtered scan:
     memory stays one row group, not the table)."""
-    table = pq.read_table(path, filters=[("unlabeled_id", "in", ids)]) if ids else pq.read_table(path).slice(0, 0)
+    table = pq.read_table(path, filters=[("unlabeled_id", "in", ids)]) if ids else pq.read_schema(path).empty_table()
     return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
 
 

@@ -332,8 +332,9 @@ def available_bytes() -> int:
 
 def needs_checkpointing(config, batch_size: int, max_tokens: int, budget_bytes: int | None = None) -> tuple[bool, str]:
     """(whether to checkpoint activations, the reason in one line): on when a step of the longest
-    examples at `batch_size` would keep more activations than the memory left (`budget_bytes`
-    above what this process holds now, default available_bytes())."""
+    examples at `batch_size` would keep more activations than the memory left: `budget_bytes`
+    minus this process's peak RSS so far (conservative: the peak, not the current size), or
+    available_bytes() without a budget."""
     need = activation_bytes(config, batch_size * max_tokens)
     if budget_bytes is None:
         left = available_bytes()

@@ -49,35 +49,7 @@ GPU_SLOTS_ENV = "SEMIEVOL_GPU_SLOTS"
 
 
 # ------------------------------------------------------------------------------ content digests
-_DIGESTS: dict[tuple, str] = {}
-_DIGEST_LOCK = threading.Lock()
-
-
-def _stamp(path: Path) -> tuple:
-    """What identifies a file's (or directory's) bytes without reading them."""
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file())
-        return (str(path.resolve()), "dir",
-                tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-def content_digest(path: str | Path) -> str:
-    """sha256 of a file's or directory's content (steps.file_digest), memoised per size+mtime."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: input is missing")
-    stamp = _stamp(path)
-    with _DIGEST_LOCK:
-        hit = _DIGESTS.get(stamp)
-    if hit is None:
-        hit = steps.file_digest(path)
-        with _DIGEST_LOCK:
-            if len(_DIGESTS) > 4096:  # a long-lived worker: keep the memo bounded
-                _DIGESTS.clear()
-            _DIGESTS[stamp] = hit
-    return hit
+content_digest = steps.content_digest  # memoised per size and mtime (semievol_core/steps.py)
 
 
 # ------------------------------------------------------------------------------ API keys
