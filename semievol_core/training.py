@@ -311,6 +311,59 @@ def activation_bytes(config, tokens: int) -> int:
     return int(tokens * per_token * 4)
 
 
+# A container's memory limit and usage, per cgroup version: the controller's directory under the
+# cgroup mount, and its limit, usage and stat files. v1's memory controller is still the default on
+# many Kubernetes nodes.
+CGROUP_FILES = {"v2": ("", "memory.max", "memory.current", "memory.stat", "inactive_file"),
+                "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
+                       "total_inactive_file")}
+NO_LIMIT = 2**60  # v1 writes "no limit" as a page-rounded 2^63; anything this large is no limit
+
+
+def _own_cgroups(proc_cgroup: Path) -> dict[str, str]:
+    """This process's cgroup path per version, from /proc/self/cgroup ("0::/a/b" is v2, "4:memory:/a/b"
+    v1); "/" when unreadable, or inside a cgroup namespace, where the mount root is the container."""
+    own = {"v2": "/", "v1": "/"}
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0" and not controllers:
+                own["v2"] = path
+            elif "memory" in controllers.split(","):
+                own["v1"] = path
+    except (OSError, ValueError):
+        pass
+    return own
+
+
+def cgroup_left_bytes(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes left under the tightest cgroup memory limit over this process's cgroup and its
+    ancestors (v2 or v1), or None without one. Usage is the working set, as the kubelet and the OOM
+    killer see it: the usage minus the inactive page cache, which the kernel reclaims before it
+    kills (Parquet reads fill that cache)."""
+    lefts = []
+    for version, path in _own_cgroups(proc_cgroup).items():
+        controller, limit_file, usage_file, stat_file, inactive_key = CGROUP_FILES[version]
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # own cgroup first, then each ancestor up to the mount
+            directory = root.joinpath(controller, *parts[:depth])
+            try:
+                limit = (directory / limit_file).read_text().strip()
+                usage = int((directory / usage_file).read_text())
+            except (OSError, ValueError):
+                continue
+            if limit == "max" or int(limit) >= NO_LIMIT:
+                continue
+            inactive = 0
+            try:
+                stat = dict(line.split() for line in (directory / stat_file).read_text().splitlines() if line.strip())
+                inactive = int(stat.get(inactive_key, 0))
+            except (OSError, ValueError):
+                pass
+            lefts.append(int(limit) - max(usage - inactive, 0))
+    return min(lefts) if lefts else None
+
+
 def available_bytes() -> int:
     """Memory this process may still take: the machine's MemAvailable, or less under a cgroup
     (container) limit."""
@@ -320,14 +373,8 @@ def available_bytes() -> int:
         avail = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
+    left = cgroup_left_bytes()
+    return avail if left is None else min(avail, left)
 
 
 def needs_checkpointing(config, batch_size: int, max_tokens: int, budget_bytes: int | None = None) -> tuple[bool, str]:

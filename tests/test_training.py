@@ -305,3 +305,43 @@ def test_auto_checkpointing_turns_on_only_when_the_activations_would_not_fit():
     on, why = needs_checkpointing(smollm2, 8, 162, budget_bytes=held + 2 * 2**30)
     assert on and "2.0 GiB left" in why
     assert needs_checkpointing(smollm2, 1, 40, budget_bytes=held + 2 * 2**30)[0] is False  # a small batch fits
+
+
+def test_the_memory_left_in_a_container_is_read_from_cgroup_v2_or_v1_as_the_working_set(tmp_path):
+    """A pod's limit, not the host's free memory, bounds training: v2 (memory.max) and v1
+    (memory/memory.limit_in_bytes) alike, in this process's own cgroup (/proc/self/cgroup) or an
+    ancestor's, whichever is tighter, with the reclaimable inactive page cache not counted as used;
+    no limit ("max", or v1's page-rounded 2^63) reads as None."""
+    from semievol_core.training import cgroup_left_bytes
+
+    gib = 2**30
+    v2 = tmp_path / "v2"
+    (v2 / "pod" / "app").mkdir(parents=True)
+    own = tmp_path / "cgroup-v2"
+    own.write_text("0::/pod/app\n")
+    (v2 / "memory.max").write_text("max\n")  # the mount root: no limit
+    (v2 / "memory.current").write_text(f"{9 * gib}\n")
+    (v2 / "pod" / "app" / "memory.max").write_text(f"{4 * gib}\n")
+    (v2 / "pod" / "app" / "memory.current").write_text(f"{3 * gib}\n")
+    (v2 / "pod" / "app" / "memory.stat").write_text(f"anon 1000\ninactive_file {gib}\nactive_file 5\n")
+    assert cgroup_left_bytes(v2, own) == 2 * gib
+    (v2 / "pod" / "memory.max").write_text(f"{3 * gib}\n")  # a tighter parent wins
+    (v2 / "pod" / "memory.current").write_text(f"{2 * gib}\n")
+    assert cgroup_left_bytes(v2, own) == gib
+    (v2 / "pod" / "memory.max").write_text("max\n")
+    (v2 / "pod" / "app" / "memory.max").write_text("max\n")
+    assert cgroup_left_bytes(v2, own) is None
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "job").mkdir(parents=True)
+    own = tmp_path / "cgroup-v1"
+    own.write_text("5:cpu,cpuacct:/elsewhere\n4:memory:/job\n0::/\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{9 * gib}\n")
+    (v1 / "memory" / "job" / "memory.limit_in_bytes").write_text(f"{4 * gib}\n")
+    (v1 / "memory" / "job" / "memory.usage_in_bytes").write_text(f"{gib}\n")
+    (v1 / "memory" / "job" / "memory.stat").write_text(f"cache 7\ninactive_file 3\ntotal_inactive_file {gib // 2}\n")
+    assert cgroup_left_bytes(v1, own) == 4 * gib - gib // 2
+    (v1 / "memory" / "job" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_left_bytes(v1, own) is None
+    assert cgroup_left_bytes(tmp_path / "none", tmp_path / "no-proc-file") is None
