@@ -186,7 +186,10 @@ class OpenAIConfig(Section):
     """An OpenAI-compatible server (vLLM, llama.cpp): execution's concurrency applies."""
 
     name: Literal["openai"] = "openai"
-    base_url: str
+    # One server, or a list of replicas serving the same model and adapters (e.g. N vLLM pods):
+    # each gets at most execution.concurrency requests in flight, the least busy takes the next
+    # one, and a failed attempt is retried on another.
+    base_url: str | list[str]
     # Where the server's API key is, never the key itself: "env:NAME" (an environment variable)
     # or "secret:NAME" (a Prefect Secret block, read by the flows' tasks). None: no key sent.
     api_key: str | None = None
@@ -197,6 +200,17 @@ class OpenAIConfig(Section):
     # Seconds one attempt may wait for the server's next bytes; a stalled attempt is dropped and
     # retried, within request_deadline_seconds. Above the slowest reply the server can give.
     request_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Wall-clock budget of one backend call, i.e. a shard's batch of requests, retries included
+    # (None: each request's deadline only). Past it the shard fails in one line and a re-run
+    # resumes from the shards already cached.
+    call_deadline_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _some_server(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one server URL")
+        return value
 
     @field_validator("api_key")
     @classmethod

@@ -476,3 +476,75 @@ def test_vllm_unknown_adapter_fails_fast(backend):
     with pytest.raises(BackendRequestError, match="no-such-adapter") as info:
         backend.generate([CHAT], Sampling(max_tokens=2), adapter="no-such-adapter")
     assert info.value.status == 404
+
+
+# ---- several servers (replicas) ------------------------------------------------------------
+
+
+def _echo(payload: dict) -> dict:
+    return chat_body(text=payload["messages"][0]["content"])
+
+
+def test_requests_spread_over_replicas_each_bounded_by_concurrency():
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
+    with ScriptedServer([Step(200, _echo, delay=0.1)]) as a, ScriptedServer([Step(200, _echo, delay=0.1)]) as b:
+        gens = fast_backend([a.url, b.url], concurrency=2).generate(chats, Sampling())
+    assert [g[0].text for g in gens] == [f"q{i}0" for i in range(12)]  # order kept across servers
+    assert len(a.requests) + len(b.requests) == 12 and a.requests and b.requests
+    assert a.max_inflight == 2 and b.max_inflight == 2  # 4 in flight in all, never 3 on one server
+
+
+def test_a_dead_replica_costs_one_attempt_per_request_not_the_call():
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(8)]
+    with ScriptedServer([Step(200, _echo)]) as alive:
+        # max_retries=1: a request whose retry went back to the dead replica would fail the call
+        gens = fast_backend([dead, alive.url], concurrency=2, max_retries=1, deadline=60).generate(chats, Sampling())
+    assert [g[0].text for g in gens] == [f"q{i}0" for i in range(8)]
+    assert len(alive.requests) == 8
+
+
+def test_every_replica_failing_names_the_last_url_and_the_attempts():
+    with ScriptedServer([Step(503, {"error": {"message": "down"}})]) as a, \
+            ScriptedServer([Step(503, {"error": {"message": "down"}})]) as b:
+        with pytest.raises(TransientBackendError) as info:
+            fast_backend([a.url, b.url], max_retries=3).generate([CHAT], Sampling())
+    err = info.value
+    assert err.attempts == 4 and len(a.requests) == 2 and len(b.requests) == 2  # alternating
+    assert str(err) == f"POST {b.url}/v1/chat/completions failed after 4 attempts: HTTP 503: down"  # a, b, a, b
+
+
+def test_a_call_deadline_bounds_the_whole_batch_in_one_line():
+    """Each request alone is fast enough for its own deadline, but a batch of 6 at 1 in flight
+    cannot finish inside the call's: the call fails naming that deadline, and the requests not
+    yet sent are never sent."""
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    with ScriptedServer([Step(200, _echo, delay=0.4)]) as srv:
+        backend = fast_backend(srv.url, concurrency=1, deadline=60, call_deadline=1.0)
+        with pytest.raises(TransientBackendError) as info:
+            backend.generate(chats, Sampling())
+        sent = len(srv.requests)
+    assert "failed within the call's 1 s deadline" in str(info.value) and "\n" not in str(info.value)
+    assert sent < 6
+    with ScriptedServer([Step(200, _echo, delay=0.05)]) as srv:  # a batch that fits passes
+        assert len(fast_backend(srv.url, concurrency=1, call_deadline=30).generate(chats, Sampling())) == 6
+
+
+def test_the_config_takes_a_list_of_replicas_and_a_call_deadline():
+    from pydantic import ValidationError
+
+    from semievol_core.config import SemiEvolConfig
+    from semievol_core.steps import backend_options
+
+    cfg = SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": ["http://a:8000/v1", "http://b:8000"],
+                                                "call_deadline_seconds": 900}})
+    _, opts = backend_options(cfg)
+    assert opts["base_url"] == ["http://a:8000/v1", "http://b:8000"] and opts["call_deadline"] == 900
+    backend = OpenAIBackend(opts["base_url"], "m", call_deadline=opts["call_deadline"])
+    assert backend.base_urls == ["http://a:8000/v1", "http://b:8000/v1"]
+    with pytest.raises(ValidationError, match="at least one server"):
+        SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": []}})

@@ -8,7 +8,16 @@
     lp = backend.choice_logprobs(chats, ["A", "B", "C"])        # (len(chats), 3) float32
     backend.unload()                                            # closes connections only
 
-Requests go out over a shared httpx client from a thread pool of `concurrency` workers. This
+Several servers serving the same model (vLLM replicas behind no balancer, or each pod of a
+Service by its own address) are one backend: `OpenAIBackend(["http://a:8000", "http://b:8000"],
+...)`. Each gets at most `concurrency` requests in flight; a request goes to the least busy
+server, and its retry to another one at once, never the one that just failed it (backoff only
+before a server is tried again after a full round), so a replica that dies mid-run costs each
+request one attempt. A call
+(one shard's batch) can also have one overall deadline, `call_deadline` seconds for all its
+requests and their retries (`execution.backend.call_deadline_seconds`).
+
+Requests go out over a shared httpx client from a thread pool of `concurrency` workers per server. This
 backend is the one retry layer: 429, 5xx, connection errors and timeouts are retried with
 exponential backoff and jitter (honouring a Retry-After header) until the request succeeds or its
 `deadline` would pass (seconds, every attempt and backoff included;
@@ -135,7 +144,7 @@ class OpenAIBackend(Backend):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key: SecretStr | str | None = None,
         concurrency: int = 8,
@@ -145,13 +154,17 @@ class OpenAIBackend(Backend):
         tokenizer: str | Path | None = None,
         *,
         deadline: float = 300.0,
+        call_deadline: float | None = None,
         connect_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         choice_top_k: int = 20,
     ):
-        """timeout: seconds an attempt may wait for the server between bytes (connect: for the
-        connection); deadline: seconds a request may take, every attempt and backoff included;
+        """base_url: one server, or several serving the same model (replicas); concurrency: requests
+        in flight per server; timeout: seconds an attempt may wait for the server between bytes
+        (connect: for the connection); deadline: seconds a request may take, every attempt and
+        backoff included; call_deadline: seconds one generate/choice_logprobs call (a shard's
+        batch) may take, all its requests included (None: no bound beyond each request's);
         max_retries: None retries until the deadline."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -159,9 +172,15 @@ class OpenAIBackend(Backend):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if deadline <= 0:
             raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
-        url = base_url.rstrip("/")
+        if call_deadline is not None and call_deadline <= 0:
+            raise ValueError(f"call_deadline must be > 0 seconds, got {call_deadline}")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: give at least one server")
         # Accept both "http://host:port" and "http://host:port/v1" (what OpenAI clients take).
-        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.base_urls = [u if u.endswith("/v1") else u + "/v1" for u in (u.rstrip("/") for u in urls)]
+        self.base_url = self.base_urls[0]
+        self.call_deadline = call_deadline
         self.model = model
         self.api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.concurrency = concurrency
@@ -179,6 +198,9 @@ class OpenAIBackend(Backend):
         self._tokenizer = None
         self._lock = threading.Lock()
         self._rng = random.Random()
+        # Requests in flight per server, at most `concurrency` each; a request waits for a slot.
+        self._inflight = [0] * len(self.base_urls)
+        self._slots = threading.Condition()
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -186,9 +208,8 @@ class OpenAIBackend(Backend):
         with self._lock:
             if self._client is None:
                 headers = {"Authorization": f"Bearer {self.api_key.get_secret_value()}"} if self.api_key else {}
-                limits = httpx.Limits(
-                    max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-                )
+                total = self.concurrency * len(self.base_urls)
+                limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
                 self._client = httpx.Client(
                     headers=headers, timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                     limits=limits,
@@ -198,7 +219,8 @@ class OpenAIBackend(Backend):
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-backend")
+                self._pool = ThreadPoolExecutor(self.concurrency * len(self.base_urls),
+                                                thread_name_prefix="openai-backend")
             return self._pool
 
     def _backoff(self, attempt: int) -> float:
@@ -221,15 +243,47 @@ class OpenAIBackend(Backend):
                     raise httpx.ReadTimeout("deadline passed while reading the body", request=response.request)
             return response.status_code, response.headers, b"".join(chunks)
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    def _take_server(self, avoid: int | None, deadline: float) -> int | None:
+        """The least busy server with a free slot, never `avoid` (where this request's last attempt
+        failed) when there are others: a retry waits for another server rather than go back to
+        the one that just failed it. Waits for a slot until `deadline`, then None."""
+        order = [i for i in range(len(self.base_urls)) if i != avoid or len(self.base_urls) == 1]
+        with self._slots:
+            while True:
+                free = [i for i in order if self._inflight[i] < self.concurrency]
+                if free:
+                    best = min(free, key=lambda i: self._inflight[i])  # ties: the first
+                    self._inflight[best] += 1
+                    return best
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._slots.wait(left):
+                    return None
+
+    def _give_back(self, server: int) -> None:
+        with self._slots:
+            self._inflight[server] -= 1
+            self._slots.notify()
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
+                 until: float | None = None) -> Any:
         """One API call, retried until it succeeds, fails for good or reaches its deadline (see the
-        module docstring); returns the decoded JSON body."""
+        module docstring): the request's own, or `until` (time.monotonic) when that comes first,
+        the deadline of the call it belongs to. With several servers, an attempt goes to the least
+        busy one, and a retry to another than the one that just failed. Returns the decoded JSON."""
+        own = time.monotonic() + self.deadline
+        deadline, budget = (own, f"its {self.deadline:g} s deadline") if until is None or own <= until else (
+            until, f"the call's {self.call_deadline:g} s deadline")
+        last_error, last_status, attempts, server, out_of_retries = "", None, 0, None, False
         url = f"{self.base_url}{path}"
-        deadline = time.monotonic() + self.deadline
-        last_error, last_status, attempts = "", None, 0
+        n = len(self.base_urls)
         while True:
-            attempts += 1
             delay: float | None = None
+            taken = self._take_server(server, deadline)
+            if taken is None:  # every server busy until the deadline
+                last_error = last_error or "no server had a free slot"
+                break
+            server, attempts = taken, attempts + 1
+            url = f"{self.base_urls[server]}{path}"
             try:
                 status, headers, body = self._send(method, url, payload, deadline)
             except httpx.TimeoutException as exc:  # before TransportError: it is a subclass
@@ -249,15 +303,19 @@ class OpenAIBackend(Backend):
                 else:
                     raise BackendRequestError(f"{method} {url} -> HTTP {status}: {_server_message(body)}",
                                               status=status)
-            wait = self._backoff(attempts - 1)
+            finally:
+                self._give_back(server)
+            # Backoff per round over the servers: a retry goes to the next server at once, and
+            # waits only before trying again a server that already failed it.
+            wait = 0.0 if attempts % n else self._backoff(attempts // n - 1)
             if delay is not None:  # the server said how long; still capped by backoff_max
                 wait = min(max(wait, delay), max(self.backoff_max, wait))
             out_of_retries = self.max_retries is not None and attempts > self.max_retries
             if out_of_retries or time.monotonic() + wait >= deadline:
                 break  # waiting would end past the deadline: give up now, not after it
             time.sleep(wait)
-        tries = f"{attempts} attempt{'s' * (attempts > 1)}"
-        why = f"after {tries}" if out_of_retries else f"within its {self.deadline:g} s deadline ({tries})"
+        tries = f"{attempts} attempt{'s' * (attempts != 1)}"
+        why = f"after {tries}" if out_of_retries else f"within {budget} ({tries})"
         status_text = f"HTTP {last_status}: " if last_status else ""
         raise TransientBackendError(f"{method} {url} failed {why}: {status_text}{' '.join(last_error.split())}",
                                     status=last_status, attempts=attempts)
@@ -299,31 +357,38 @@ class OpenAIBackend(Backend):
         return [entry["id"] for entry in body.get("data", [])]
 
     def wait_until_ready(self, timeout: float = 300.0, poll: float = 1.0) -> None:
-        """Block until GET /v1/models answers (a server still starting refuses connections)."""
+        """Block until GET /v1/models answers on every server (a server still starting refuses
+        connections)."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._http().get(f"{self.base_url}/models", timeout=min(5.0, self.timeout)).raise_for_status()
-                return
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if time.monotonic() > deadline:
-                    raise TransientBackendError(f"{self.base_url} not ready after {timeout}s: {exc}") from exc
-                time.sleep(poll)
+        for base_url in self.base_urls:
+            while True:
+                try:
+                    self._http().get(f"{base_url}/models", timeout=min(5.0, self.timeout)).raise_for_status()
+                    break
+                except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                    if time.monotonic() > deadline:
+                        raise TransientBackendError(f"{base_url} not ready after {timeout}s: {exc}") from exc
+                    time.sleep(poll)
 
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, adapter: str | None = None
     ) -> list[list[Generation]]:
-        model = self._served_name(adapter)
-        return self._map(lambda chat: self._generate_one(chat, sampling, model), list(chats))
+        model, until = self._served_name(adapter), self._call_until()
+        return self._map(lambda chat: self._generate_one(chat, sampling, model, until), list(chats))
 
-    def _generate_one(self, chat: Chat, sampling: Sampling, model: str) -> list[Generation]:
-        gens = self._chat_request(chat, sampling, model, sampling.n, sampling.seed)
+    def _call_until(self) -> float | None:
+        """When the call starting now must be done (time.monotonic), or None without call_deadline."""
+        return None if self.call_deadline is None else time.monotonic() + self.call_deadline
+
+    def _generate_one(self, chat: Chat, sampling: Sampling, model: str, until: float | None) -> list[Generation]:
+        gens = self._chat_request(chat, sampling, model, sampling.n, sampling.seed, until)
         # Top-up for servers that ignore `n`; vLLM and recent llama.cpp return all n at once.
         while len(gens) < sampling.n:
-            gens += self._chat_request(chat, sampling, model, 1, sampling.seed + len(gens))
+            gens += self._chat_request(chat, sampling, model, 1, sampling.seed + len(gens), until)
         return gens[: sampling.n]
 
-    def _chat_request(self, chat: Chat, sampling: Sampling, model: str, n: int, seed: int) -> list[Generation]:
+    def _chat_request(self, chat: Chat, sampling: Sampling, model: str, n: int, seed: int,
+                      until: float | None = None) -> list[Generation]:
         payload: dict[str, Any] = {
             "model": model,
             "messages": list(chat),
@@ -336,7 +401,7 @@ class OpenAIBackend(Backend):
         }
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
-        body = self._request("POST", "/chat/completions", payload)
+        body = self._request("POST", "/chat/completions", payload, until)
         choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
         gens = []
         for choice in choices:
@@ -385,10 +450,12 @@ class OpenAIBackend(Backend):
         # Tokenize here, not in the worker threads: a HF fast tokenizer shared across threads can
         # fail with "Already borrowed" (its __call__ mutates padding/truncation state).
         prompts = [self.prompt_ids(chat) for chat in chats]
-        rows = self._map(lambda prompt: self._score_one(prompt, targets, model), prompts)
+        until = self._call_until()
+        rows = self._map(lambda prompt: self._score_one(prompt, targets, model, until), prompts)
         return np.asarray(rows, dtype=np.float32).reshape(len(chats), len(letters))
 
-    def _score_one(self, prompt: list[int], targets: list[tuple[int, str]], model: str) -> list[float]:
+    def _score_one(self, prompt: list[int], targets: list[tuple[int, str]], model: str,
+                   until: float | None = None) -> list[float]:
         payload = {
             "model": model,
             "prompt": prompt,
@@ -396,7 +463,7 @@ class OpenAIBackend(Backend):
             "temperature": 0.0,
             "logprobs": self.choice_top_k,
         }
-        body = self._request("POST", "/completions", payload)
+        body = self._request("POST", "/completions", payload, until)
         try:
             logprobs = body["choices"][0]["logprobs"]
         except (KeyError, IndexError, TypeError) as exc:
