@@ -10,10 +10,10 @@ synthetic unlabeled table. The backend answers every option-letter question with
 log-probs from a hash of the prompt (FakeBackend), and the embedder gives a deterministic 384-d
 vector per question (FakeEmbedder, MiniLM's width), so the time is the product's own.
 
-Per size, in a fresh process: wall time, peak RSS (ru_maxrss of the flow's process; Prefect's
-temporary server is another process), the Prefect task runs the flow made (one per step, one per
-shard of a fan-out), bytes written under the run directory, and per step its wall time and the
-highest RSS sampled while it ran (every 0.2 s). Writes bench/results/scale.{json,md}.
+Per size, in a fresh process (its synthetic table built beforehand, in another): wall time, peak
+RSS (ru_maxrss of the flow's process; Prefect's temporary server is another process), the Prefect
+task runs the flow made (one per step, one per shard of a fan-out), bytes written under the run
+directory, and per step its wall time and the highest RSS sampled while it ran (every 0.2 s). Writes bench/results/scale.{json,md}.
 
 Issue 13's bars: peak RSS at 1M <= 1.5x at 10k; time per row flat within +-30%; task runs at 1M
 <= 500.
@@ -202,14 +202,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process: one size
+    ap.add_argument("--data", type=int, help=argparse.SUPPRESS)  # a child process: one size's dataset
     ap.add_argument("--merge", action="store_true", help="keep the committed JSON's other sizes")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_size(args.one)))
         return
+    if args.data:
+        write_dataset(RUNS / f"data-{args.data}", args.data)
+        return
     RUNS.mkdir(parents=True, exist_ok=True)
     records = json.loads(OUT_JSON.read_text())["records"] if args.merge and OUT_JSON.exists() else []
     for n in (int(x) for x in args.sizes.split(",")):
+        # The synthetic table is built in a process of its own: building a million rows in pandas
+        # would otherwise set the measured process's peak RSS.
+        subprocess.run([sys.executable, __file__, "--data", str(n)], check=True)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                                    # a fresh Prefect home migrates its database first (slow on 2 busy cores)

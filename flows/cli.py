@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
 
@@ -211,6 +212,15 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", metavar="FILE",
 Model = Annotated[str | None, typer.Option(metavar="NAME",
                                            help="base model (name or HF directory); shortcut for --set model=...")]
 Sets = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
+
+
+class Engine(str, Enum):
+    """The engine of --workers and --cluster (execution.engine)."""
+
+    dask = "dask"
+    ray = "ray"
+
+
 Limit = Annotated[int | None, typer.Option(min=1, metavar="N")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="no progress bars")]
 
@@ -261,18 +271,21 @@ def evolve(
     no_gate: Annotated[bool, typer.Option(
         "--no-gate", help="do not register the adapter or run the promotion gate")] = False,
     workers: Annotated[int | None, typer.Option(
-        min=0, help="run generation and justification shards on a Dask cluster of this many processes "
-        "on this machine; shortcut for --set execution.workers=N")] = None,
+        min=0, help="run generation and justification shards on a Dask (or --engine ray) cluster of this "
+        "many processes on this machine; shortcut for --set execution.workers=N")] = None,
     cluster: Annotated[str | None, typer.Option(
-        metavar="ADDRESS", help="run them on the running Dask cluster at ADDRESS (tcp://host:8786); "
-        "shortcut for --set execution.cluster=ADDRESS")] = None,
+        metavar="ADDRESS", help="run them on the running cluster at ADDRESS (Dask: tcp://host:8786, "
+        "Ray: ray://head:10001); shortcut for --set execution.cluster=ADDRESS")] = None,
+    engine: Annotated[Engine | None, typer.Option(
+        help="the engine of --workers and --cluster (default dask); shortcut for --set execution.engine=...")] = None,
 ) -> None:
     """run the whole SemiEvol method on a dataset; promote its adapter only if it is better"""
     from semievol_core.report import systems_table
 
     chosen = PRESETS[preset] if preset else None
     cfg = _no_progress(_load_config(config, chosen, {"model": model, "selection.theta": theta,
-                                                     "execution.workers": workers, "execution.cluster": cluster},
+                                                     "execution.workers": workers, "execution.cluster": cluster,
+                                                     "execution.engine": engine.value if engine else None},
                                     set_ or []), no_progress)
     limits = {"labeled": limit_labeled or (chosen.labeled if chosen else None),
               "unlabeled": limit_unlabeled or (chosen.unlabeled if chosen else None),

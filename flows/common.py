@@ -45,13 +45,33 @@ def run_name(flow: str, parameter: str) -> Callable[[], str]:
 
 @contextmanager
 def task_pool(execution, logger) -> Iterator[tuple[Any, int]]:
-    """(pool, workers): where fan-out steps run (config `execution.workers` / `execution.cluster`).
-    (None, 1): in the flow's own process; else a started prefect-dask `DaskTaskRunner` on a
-    LocalCluster of `workers` processes (torch threads split between them, OMP_NUM_THREADS) or on
-    the running Dask cluster at `cluster`, and its worker count. Closed (a LocalCluster stopped)
-    when the block ends."""
+    """(pool, workers): where fan-out steps run (config `execution.workers` / `execution.cluster`,
+    `execution.engine`). (None, 1): in the flow's own process; else a started Prefect task runner
+    and the number of shards it runs at once: prefect-dask's `DaskTaskRunner` on a LocalCluster of
+    `workers` processes or on the Dask cluster at `cluster`, or prefect-ray's `RayTaskRunner` on a
+    local Ray instance of `workers` CPUs or on the Ray cluster at `cluster`. On this machine torch's
+    threads are split between the workers (OMP_NUM_THREADS). Closed (a local cluster stopped) when
+    the block ends."""
     if not execution.workers and not execution.cluster:
         yield None, 1
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // max(execution.workers, 1)))
+    if execution.engine == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise RuntimeError("execution.engine ray needs prefect-ray: pip install 'semievol[ray]'") from None
+        # One CPU a task (Ray's default), so a local instance of `workers` CPUs runs `workers`
+        # shards at once, each in a worker process Ray keeps for the next task.
+        runner = RayTaskRunner(address=execution.cluster) if execution.cluster else RayTaskRunner(init_kwargs={
+            "num_cpus": execution.workers, "include_dashboard": False, "log_to_driver": False,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads}}})
+        with runner:
+            import ray
+
+            workers = int(ray.cluster_resources().get("CPU", 1))
+            logger.info("fan-out steps run on Ray: %s, %d CPU(s)", execution.cluster or "a local instance", workers)
+            yield runner, workers
         return
     try:
         from prefect_dask import DaskTaskRunner
@@ -62,10 +82,9 @@ def task_pool(execution, logger) -> Iterator[tuple[Any, int]]:
     if execution.cluster:
         runner = DaskTaskRunner(address=execution.cluster)
     else:
-        threads = max(1, (os.cpu_count() or 1) // execution.workers)
         runner = DaskTaskRunner(cluster_kwargs={
             "n_workers": execution.workers, "threads_per_worker": 1, "processes": True,
-            "silence_logs": logging.WARNING, "env": {"OMP_NUM_THREADS": str(threads)}})
+            "silence_logs": logging.WARNING, "env": {"OMP_NUM_THREADS": threads}})
     with runner:
         workers = len(runner.client.scheduler_info(n_workers=-1)["workers"])
         logger.info("fan-out steps run on Dask: %s, %d worker(s)",

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .answers import canonical_answer, parse_answer
 from .backends.base import Backend, Sampling
@@ -28,10 +29,15 @@ from .config import Collaborator, SemiEvolConfig
 from .letter_scores import letter_reply, score_letters
 from .prompts import LETTERS, Demo, question_chat
 
-RESPONSE_COLUMNS = [
-    "unlabeled_id", "collaborator", "model", "n_demos", "sample", "text", "answer", "parse_ok",
-    "parse_method", "num_tokens", "H", "finish_reason",
-]
+# One row per (question, collaborator sample), as responses files store it: a shard whose answers
+# all failed to parse still writes `answer` as strings, so shards stream into one table.
+RESPONSE_SCHEMA = pa.schema([
+    ("unlabeled_id", pa.large_string()), ("collaborator", pa.large_string()), ("model", pa.large_string()),
+    ("n_demos", pa.int64()), ("sample", pa.int64()), ("text", pa.large_string()), ("answer", pa.large_string()),
+    ("parse_ok", pa.bool_()), ("parse_method", pa.large_string()), ("num_tokens", pa.int64()), ("H", pa.float64()),
+    ("finish_reason", pa.large_string()),
+])
+RESPONSE_COLUMNS = RESPONSE_SCHEMA.names
 
 
 def plan_collaborators(n: int, k: int, seed: int) -> list[Collaborator]:

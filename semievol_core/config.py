@@ -250,11 +250,14 @@ class ExecutionConfig(Section):
     shard_size: int = Field(default=128, ge=1)
     max_shards: int = Field(default=200, ge=1)
     # Where the fan-out steps (generation and justification shards) run: in the flow's process
-    # (0 workers, no cluster), on a Dask LocalCluster of `workers` processes on this machine, or on
-    # the running Dask cluster at `cluster` ("tcp://scheduler:8786"; dask-kubernetes,
-    # dask-jobqueue). Each worker process loads the model once and keeps it (steps.get_backend).
+    # (0 workers, no cluster), on `workers` processes on this machine, or on the running cluster at
+    # `cluster`, through `engine`'s Prefect task runner: Dask (prefect-dask; a LocalCluster, or
+    # "tcp://scheduler:8786" from dask-kubernetes, dask-jobqueue) or Ray (prefect-ray; a local Ray
+    # instance, or "ray://head:10001"). Each worker process loads the model once and keeps it
+    # (steps.get_backend).
     workers: int = Field(default=0, ge=0)
     cluster: str | None = None
+    engine: Literal["dask", "ray"] = "dask"
     # Training memory: recompute activations in the backward pass. Same adapter; measured on FPB
     # (SmolLM2-135M, batch 8): peak RSS 5.2 -> 2.9 GB, 1.6x the training time. "auto": on when the
     # longest batch's activations would not fit in the memory left (training.needs_checkpointing),

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -47,6 +47,7 @@ from semievol_core.schema import (
     is_multiple_choice,
     jsonable,
     normalize_record,
+    short_path,
 )
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
@@ -57,8 +58,9 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown table kind {kind!r}; expected one of {sorted(SCHEMAS)}")
 
 
-def _to_arrow(df: pd.DataFrame, kind: str, path: str | Path) -> pa.Table:
-    """Validate a DataFrame against the kind's schema (columns, values, unique ids)."""
+def _to_arrow(df: pd.DataFrame, kind: str, path: str | Path, first_row: int = 1) -> pa.Table:
+    """Validate a DataFrame against the kind's schema (columns, values, unique ids); its rows are
+    numbered from `first_row` in errors (a chunk of a longer file)."""
     _check_kind(kind)
     schema = SCHEMAS[kind]
     df = df.reset_index(drop=True)
@@ -75,7 +77,7 @@ def _to_arrow(df: pd.DataFrame, kind: str, path: str | Path) -> pa.Table:
     records = df.to_dict("records")
     out: dict[str, list[Any]] = {name: [] for name in schema.names}
     seen: dict[str, int] = {}
-    for i, rec in enumerate(records, start=1):
+    for i, rec in enumerate(records, start=first_row):
         try:
             row = _check_row(rec, kind)
         except FieldError as err:
@@ -141,6 +143,97 @@ def write_table_parts(frames: list[pd.DataFrame], path: str | Path, kind: str) -
         for table in tables:
             writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP_ROWS)
     return path
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    """One Parquet file opened for reading by parts; DataError naming it when it is not Parquet."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, None, None, f"not a readable Parquet file: {err}") from None
+
+
+def _required_columns(f: pq.ParquetFile, path: Path, kind: str) -> list[str]:
+    """The kind's columns; DataError naming the file and the first one it lacks."""
+    for name in SCHEMAS[kind].names:
+        if name not in f.schema_arrow.names:
+            raise DataError(path, None, name, f"missing required column for a {kind} table")
+    return SCHEMAS[kind].names
+
+
+def _chunks(f: pq.ParquetFile, path: Path, kind: str, rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """(first row number, table) of `rows` rows at a time (the last one shorter) from one file,
+    with the kind's columns: memory stays a chunk."""
+    names = _required_columns(f, path, kind)
+    held, n_held, first = [], 0, 1
+    for batch in f.iter_batches(batch_size=rows, columns=names):
+        held.append(pa.Table.from_batches([batch]))
+        n_held += batch.num_rows
+        while n_held >= rows:
+            table = pa.concat_tables(held)
+            yield first, table.slice(0, rows)
+            first += rows
+            held, n_held = [table.slice(rows)], n_held - rows
+    if n_held:
+        yield first, pa.concat_tables(held)
+
+
+def check_unique_ids(parts: Sequence[Path]) -> None:
+    """DataError naming the part and row of the first id that another row of the table repeats
+    (its first occurrence in the message); reads the id column alone."""
+    import pyarrow.compute as pc
+
+    ids = [_parquet_file(p).read(columns=["id"]).column("id") for p in parts]
+    if not ids:
+        return
+    every = pa.chunked_array([c for col in ids for c in col.chunks], type=ids[0].type)
+    counts = pc.value_counts(every)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if not len(repeated):
+        return
+    seen: dict = {}
+    for part, col in zip(parts, ids):
+        for i, is_dup in enumerate(pc.is_in(col, value_set=repeated).to_pylist(), start=1):
+            if is_dup:
+                value = col[i - 1].as_py()
+                if value in seen:
+                    raise DataError(part, i, "id", f"duplicate id {value!r} (also {short_path(seen[value][0])} "
+                                                   f"row {seen[value][1]})")
+                seen[value] = (part, i)
+
+
+def copy_parts(parts: Sequence[Path], path: str | Path, kind: str) -> Path:
+    """A table's parts validated and copied into one file exactly as write_table_parts writes them
+    read whole (each part's rows in row groups of ROW_GROUP_ROWS, the parts' sizes in the
+    metadata), but a row group at a time: memory stays a row group whatever the table's size.
+    DataError (nothing written) names the part, row and column of the first bad row."""
+    _check_kind(kind)
+    path, schema = Path(path), SCHEMAS[kind]
+    files = [_parquet_file(p) for p in parts]
+    for part, f in zip(parts, files):
+        _required_columns(f, part, kind)
+    check_unique_ids(parts)
+    sizes = [n for n in (f.metadata.num_rows for f in files) if n] or [0]
+    metadata = {**(schema.metadata or {}), PARTS_KEY: json.dumps(sizes).encode()}
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema.with_metadata(metadata)) as writer:
+        for part, f in zip(parts, files):
+            for first, table in _chunks(f, part, kind, ROW_GROUP_ROWS):
+                checked = _to_arrow(_frame(table, kind, part, check_ids=False), kind, part, first_row=first)
+                writer.write_table(checked.replace_schema_metadata(metadata), row_group_size=ROW_GROUP_ROWS)
+        if sizes == [0]:
+            writer.write_table(_to_arrow(empty_frame(kind), kind, path).replace_schema_metadata(metadata))
+    return path
+
+
+def option_cells(path: str | Path) -> Iterator[list | None]:
+    """A question table's `options` cells in row order, a record batch at a time (file or
+    directory of parts; no other column is read)."""
+    for part in table_parts(Path(path)):
+        f = _parquet_file(part)
+        if "options" not in f.schema_arrow.names:
+            raise DataError(part, None, "options", "missing required column for a question table")
+        for batch in f.iter_batches(columns=["options"]):
+            yield from batch.column(0).to_pylist()
 
 
 def part_sizes(path: str | Path) -> list[int]:
@@ -218,13 +311,14 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     return _frame(pa.concat_tables(tables), kind, path)
 
 
-def _frame(table: pa.Table, kind: str, path: str | Path) -> pd.DataFrame:
-    """A `kind` table read from `path` as a DataFrame (ids checked unique)."""
+def _frame(table: pa.Table, kind: str, path: str | Path, check_ids: bool = True) -> pd.DataFrame:
+    """A `kind` table read from `path` as a DataFrame (ids checked unique unless `check_ids` is
+    off: a chunk of a table whose ids check_unique_ids checked)."""
     schema = SCHEMAS[kind]
     table = table.select(schema.names).cast(schema)
     # to_pylist, not to_pandas: list cells must be plain lists, not numpy arrays
     df = pd.DataFrame({name: table.column(name).to_pylist() for name in schema.names})
-    if "id" in df.columns and df["id"].duplicated().any():
+    if check_ids and "id" in df.columns and df["id"].duplicated().any():
         dup = df["id"][df["id"].duplicated()].iloc[0]
         raise DataError(path, None, "id", f"id {dup!r} occurs in more than one row")
     return df
@@ -328,7 +422,7 @@ def check_forms(data_dir: str | Path) -> None:
     tables = [(part, "unlabeled") for part in table_parts(d / "unlabeled")] if (
         d / "unlabeled").is_dir() else []
     for path, kind in tables + [(d / "test.parquet", "test")]:
-        for i, options in enumerate(read_table(path, kind)["options"], start=1):
+        for i, options in enumerate(option_cells(path), start=1):
             try:
                 check_form(options, multiple_choice)
             except FieldError as err:

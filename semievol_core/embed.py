@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .models import DEFAULT_EMBEDDER, resolve_embedder
+from .models import DEFAULT_EMBEDDER, quiet_loading, resolve_embedder
 
 
 class Embedder:
@@ -35,6 +35,7 @@ class Embedder:
 
             path = resolve_embedder(self.model_name)
             self._tokenizer = AutoTokenizer.from_pretrained(path)
+            quiet_loading()
             self._model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         return self._model, self._tokenizer
 

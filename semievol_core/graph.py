@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+import pyarrow.parquet as pq
+
 from . import steps, store
 from .config import SemiEvolConfig
 from .data import read_table
@@ -92,8 +94,8 @@ def _prepare(cfg, run: Path, data_dir: str, limits: dict) -> dict:
     return {"labeled": str(d / "labeled.parquet"), "unlabeled": str(d / "unlabeled.parquet"),
             "test": str(d / "test.parquet"), "oracle": str(oracle) if oracle.exists() else None,
             "answer_type": steps.answer_type_of(labeled, cfg),
-            "counts": {"labeled": len(labeled),
-                       **{n: len(read_table(d / f"{n}.parquet", n)) for n in ("unlabeled", "test")}}}
+            "counts": {"labeled": len(labeled),  # the copies' row counts, from their metadata
+                       **{n: pq.read_metadata(d / f"{n}.parquet").num_rows for n in ("unlabeled", "test")}}}
 
 
 def _train_warm(cfg, run: Path, labeled: str) -> dict:
@@ -144,8 +146,9 @@ def _shard_key(cfg: SemiEvolConfig, inputs: dict) -> str:
                                       inputs["neighbors"], inputs["warm"], inputs["answer_type"])
 
 
-def _collect(cfg, run: Path, shards: list[str], labeled: str, neighbors: str) -> dict:
-    return {"responses": str(steps.collect_responses(cfg, shards, labeled, neighbors, run / "responses.parquet"))}
+def _collect(cfg, run: Path, shard_rows: list[list[int]], shards: list[str], labeled: str, neighbors: str) -> dict:
+    return {"responses": str(steps.collect_responses(cfg, shard_rows, shards, labeled, neighbors,
+                                                     run / "responses.parquet"))}
 
 
 def _vote(cfg, run: Path, responses: str) -> dict:
@@ -264,7 +267,7 @@ STEPS: tuple[Step, ...] = (
          ("shards",), accelerator=True, each="shard_rows", key=_shard_key,
          keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),
          config=steps.GENERATION_CONFIG),
-    Step("collect", _collect, ("shards", "labeled", "neighbors"), ("responses",), config=("collaboration",),
+    Step("collect", _collect, ("shard_rows", "shards", "labeled", "neighbors"), ("responses",), config=("collaboration",),
          files=("shards", "labeled", "neighbors")),
     Step("vote", _vote, ("responses",), ("votes",), files=("responses",)),
     Step("justify", _justify, ("shard_rows", "shards", "votes", "unlabeled", "warm", "answer_type"),

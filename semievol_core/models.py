@@ -41,6 +41,15 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def quiet_loading() -> None:
+    """Turn off transformers' "Loading weights" bar, printed at every model load: a second of
+    noise in a run's log, not progress on long work (training and generation keep their own
+    bars, execution.progress). Call before from_pretrained."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_model(name: str) -> Path | str:
     """A local directory for `name`: a bundled model alias, an existing path, or (as-is) a hub id."""
     key = name.lower()
@@ -65,6 +74,7 @@ def _dequantized_copy(key: str) -> Path:
 
     import torch
 
+    quiet_loading()
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
     # The GGUF-loaded model is flagged as quantized and refuses save_pretrained; its weights are

@@ -5,6 +5,8 @@
     pseudo = select_pseudo_labels(votes, justified, responses, theta=0.5, agreement="knn",
                                   class_quota="prior", labeled_answers=labeled["answer"])
     removal_counts(pseudo, responses, agreement="knn")  # how many labels each rule removed
+    # the same, streamed: rules 1-2 chunk by chunk (each with all its questions' rows), then the cut
+    pseudo = cut(pd.concat([candidates(v, j, r, agreement="knn") for v, j, r in chunks]), theta=0.5)
     class_mix(pseudo[pseudo["selected"]]["answer"], labeled["answer"])  # shares next to the prior
 
 H is a pseudo-response's mean token NLL (nats/token). Consensus questions take the agreed answer
@@ -117,12 +119,9 @@ def _quantile(values: pd.Series, theta: float) -> float:
     return float(np.quantile(values, theta)) if len(values) else math.nan
 
 
-def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses: pd.DataFrame,
-                         theta: float = 0.5, scope: str = "all", class_balance: bool = False,
-                         source_balance: bool = False, agreement: str = "none", class_quota: str = "none",
-                         labeled_answers: Iterable[str] | None = None) -> pd.DataFrame:
-    """The pseudo-labels with `selected` set by the rules of the module docstring.
-    `labeled_answers` (the labeled set's answers) is the prior class_quota "prior" splits by."""
+def check_selection(theta: float, scope: str, class_balance: bool, source_balance: bool, agreement: str,
+                    class_quota: str, labeled_answers: Iterable[str] | None) -> None:
+    """Refuse a combination of selection settings that cannot mean what it says, in one line."""
     if not 0 < theta <= 1:
         raise ValueError(f"theta must be in (0, 1], got {theta}")
     if scope not in ("all", "justified"):
@@ -136,8 +135,25 @@ def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses
                          "class_balance, source_balance or scope 'justified'")
     if class_quota == "prior" and labeled_answers is None:
         raise ValueError("class_quota 'prior' needs the labeled answers (the class prior)")
+
+
+def candidates(votes: pd.DataFrame, justified: pd.DataFrame, responses: pd.DataFrame,
+               agreement: str = "none") -> pd.DataFrame:
+    """Rules 1-2 on some questions: their pseudo-labels (pseudo_labels) with an `eligible` column.
+    They read a question's own rows only, so the questions can come in any number of chunks,
+    each with all its responses, and be concatenated before the cut."""
     df = pseudo_labels(votes, justified, responses)
-    _, eligible = _eligible(df, responses, agreement)
+    df["eligible"] = _eligible(df, responses, agreement)[1].astype(bool)
+    return df
+
+
+def cut(df: pd.DataFrame, theta: float = 0.5, scope: str = "all", class_balance: bool = False,
+        source_balance: bool = False, class_quota: str = "none",
+        labeled_answers: Iterable[str] | None = None) -> pd.DataFrame:
+    """Rule 3 over all the candidates at once (one quantile, or one set of quotas, for the whole
+    pool): `selected` and `threshold` set, the `eligible` column dropped."""
+    df = df.sort_values("unlabeled_id", kind="stable").reset_index(drop=True)
+    eligible = df.pop("eligible").astype(bool)
     ranked = eligible & df["H"].notna()
     if class_quota == "prior":
         quotas = class_quotas(labeled_answers, math.floor(theta * int(ranked.sum()) + 1e-9))
@@ -162,6 +178,17 @@ def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses
     df.loc[~eligible, "selected"] = False
     df["selected"] = df["selected"].astype(bool)
     return df
+
+
+def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses: pd.DataFrame,
+                         theta: float = 0.5, scope: str = "all", class_balance: bool = False,
+                         source_balance: bool = False, agreement: str = "none", class_quota: str = "none",
+                         labeled_answers: Iterable[str] | None = None) -> pd.DataFrame:
+    """The pseudo-labels with `selected` set by the rules of the module docstring.
+    `labeled_answers` (the labeled set's answers) is the prior class_quota "prior" splits by."""
+    check_selection(theta, scope, class_balance, source_balance, agreement, class_quota, labeled_answers)
+    return cut(candidates(votes, justified, responses, agreement), theta, scope, class_balance,
+               source_balance, class_quota, labeled_answers)
 
 
 def class_mix(selected_answers: Iterable[str], labeled_answers: Iterable[str]) -> dict[str, dict]:

@@ -29,26 +29,27 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from .answers import infer_answer_type
 from .atomic import atomic_path, exclusive_lock, remove_leftover_temps
 from .backends import Backend, make_backend
-from .collaboration import RESPONSE_COLUMNS, generate_responses, knn_responses, plan_collaborators
+from .collaboration import RESPONSE_SCHEMA, generate_responses, knn_responses, plan_collaborators
 from .config import OpenAIConfig, SemiEvolConfig, VLLMConfig, resolve_api_key
-from .data import atomic_write_parquet, read_table, table_parts, write_table, write_table_parts
+from .data import atomic_write_parquet, copy_parts, empty_frame, option_cells, read_table, table_parts, write_table
 from .evaluation import metrics, predict
 from .justification import justify
 from .propagation import NEIGHBOR_SCHEMA, knn_label_vote, retrieve_neighbors
 from .prompts import Demo
-from .selection import class_mix, class_mix_warning, removal_counts, select_pseudo_labels
-from .voting import vote
+from .selection import candidates, check_selection, class_mix, class_mix_warning, cut, removal_counts
+from .voting import VOTE_SCHEMA, vote
 
 if TYPE_CHECKING:
     from .embed import Embedder
@@ -68,6 +69,25 @@ def load_frame(path: str | Path) -> pd.DataFrame:
     table = pq.read_table(path)
     # Plain Python lists in list columns (to_pandas would give numpy arrays).
     return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+
+
+def write_groups(frames: Iterable[pd.DataFrame], path: str | Path, schema: pa.Schema) -> Path:
+    """Stream frames into one Parquet file, atomically, each (non-empty) frame one row group, so
+    a reader takes back the same chunks (iter_groups) and memory stays one frame."""
+    with atomic_path(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for df in frames:
+            if len(df):
+                writer.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False),
+                                   row_group_size=len(df))
+    return Path(path)
+
+
+def iter_groups(path: str | Path, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+    """A Parquet file's row groups one at a time, as load_frame gives them."""
+    f = pq.ParquetFile(path)
+    for g in range(f.metadata.num_row_groups):
+        table = f.read_row_group(g, columns=columns)
+        yield pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
 
 
 def save_json(obj, path: str | Path) -> Path:
@@ -173,6 +193,7 @@ def backend_options(cfg: SemiEvolConfig) -> tuple[str, dict]:
         return backend.served_model or cfg.model, dict(
             base_url=backend.base_url, api_key=resolve_api_key(backend.api_key), concurrency=ex.concurrency,
             timeout=backend.request_timeout_seconds, deadline=backend.request_deadline_seconds,
+            call_deadline=backend.call_deadline_seconds,
             # cfg.model's tokenizer (served_model is only the server's name for the same model):
             # choice_logprobs renders prompts with it
             tokenizer=cfg.model)
@@ -227,24 +248,29 @@ def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Limits(), seed: int = 0) -> Path:
     """Copy (a seeded sample of) the dataset into the run: labeled, unlabeled, test, oracle.
     A row of another form than the labeled rows' (no options in a multiple-choice dataset) is a
-    DataError naming its part file and row here, before any training rather than after it."""
-    from .data import check_forms, load_dataset
+    DataError naming its part file and row here, before any training rather than after it. The
+    whole unlabeled table is copied a row group at a time (data.copy_parts); only a sample of it
+    (limits.unlabeled) is read whole."""
+    from .data import check_forms
 
-    ds = load_dataset(data_dir)
-    out = Path(out_dir)
-    if len(ds.labeled) == 0:
+    d, out = Path(data_dir), Path(out_dir)
+    labeled = read_table(d / "labeled.parquet", "labeled")
+    if len(labeled) == 0:
         raise ValueError(f"{data_dir}: the labeled table is empty; the method needs labeled examples")
+    test = read_table(d / "test.parquet", "test")
     check_forms(data_dir)
-    write_table(_sample(ds.labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
-    unlabeled_dir = Path(data_dir) / "unlabeled"
-    if limits.unlabeled is None and unlabeled_dir.is_dir():  # part by part: shards stay within a part
-        write_table_parts([read_table(p, "unlabeled") for p in table_parts(unlabeled_dir)], out / "unlabeled.parquet",
-                          "unlabeled")
+    write_table(_sample(labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
+    unlabeled_dir = d / "unlabeled"
+    if limits.unlabeled is None:  # part by part: shards stay within a part
+        copy_parts(table_parts(unlabeled_dir) if unlabeled_dir.exists() else [], out / "unlabeled.parquet",
+                   "unlabeled")
     else:
-        write_table(_sample(ds.unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
-    write_table(_sample(ds.test, limits.test, seed), out / "test.parquet", "test")
-    if ds.oracle is not None:
-        write_table(ds.oracle, out / "oracle.parquet", "oracle")
+        unlabeled = read_table(unlabeled_dir, "unlabeled") if unlabeled_dir.exists() else empty_frame("unlabeled")
+        write_table(_sample(unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
+    write_table(_sample(test, limits.test, seed), out / "test.parquet", "test")
+    oracle = d / "oracle.parquet"
+    if oracle.exists():
+        write_table(read_table(oracle, "oracle"), out / "oracle.parquet", "oracle")
     elif (out / "oracle.parquet").exists():
         (out / "oracle.parquet").unlink()
     return out
@@ -278,7 +304,9 @@ def training_examples(tables: Sequence[tuple[str | Path, str]], pseudo_labels: s
     if pseudo_labels is not None:
         pl = load_frame(pseudo_labels)
         pl = pl[pl["selected"]]
-        qs = read_table(unlabeled, "unlabeled").set_index("id")
+        wanted = set(pl["unlabeled_id"])  # the selected questions alone, a row group at a time
+        qs = pd.concat([g[g["id"].isin(wanted)] for g in iter_groups(unlabeled, ["id", "question", "options"])]
+                       or [empty_frame("unlabeled")], ignore_index=True).set_index("id")
         joined = qs.loc[pl["unlabeled_id"], ["question", "options"]].reset_index(drop=True)
         joined["answer"] = pl["answer"].to_list()
         frames.append(joined.assign(gold=False))
@@ -470,22 +498,29 @@ def generate_shard(cfg: SemiEvolConfig, rows: Sequence[int], unlabeled: str | Pa
     return save_frame(responses, out)
 
 
-def collect_responses(cfg: SemiEvolConfig, shard_files: Sequence[str | Path], labeled: str | Path,
-                      neighbors: str | Path, out: str | Path) -> Path:
-    """All shards in one table (+ the kNN label vote as a collaborator when configured)."""
-    frames = [load_frame(f) for f in shard_files]
-    if cfg.collaboration.knn_collaborator:
-        lab = read_table(labeled, "labeled")
-        votes = knn_label_vote(load_frame(neighbors), dict(zip(lab["id"], lab["answer"])))
-        if len(votes):
-            frames.append(knn_responses(votes))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESPONSE_COLUMNS)
-    return save_frame(df, out)
+def collect_responses(cfg: SemiEvolConfig, shard_rows: Sequence[Sequence[int]], shard_files: Sequence[str | Path],
+                      labeled: str | Path, neighbors: str | Path, out: str | Path) -> Path:
+    """All shards in one table, one row group per shard holding every response to its questions
+    (+ the kNN label vote as a collaborator when configured): vote and select then read it a
+    shard at a time, and memory stays one shard whatever the number of rows."""
+    knn = cfg.collaboration.knn_collaborator
+    answers = dict(zip(*read_table(labeled, "labeled")[["id", "answer"]].T.values)) if knn else {}
+
+    def shards() -> Iterator[pd.DataFrame]:
+        for rows, file in zip(shard_rows, shard_files):
+            df = load_frame(file)
+            if knn and len(df):
+                votes = knn_label_vote(read_neighbors(neighbors, *rows, ids=df["unlabeled_id"].unique()), answers)
+                if len(votes):
+                    df = pd.concat([df, knn_responses(votes)], ignore_index=True)
+            yield df
+    return write_groups(shards(), out, RESPONSE_SCHEMA)
 
 
 # ---------------------------------------------------------------------------- 4-5. vote, justify, select
 def vote_step(responses: str | Path, out: str | Path) -> Path:
-    return save_frame(vote(load_frame(responses)), out)
+    """Votes a shard at a time (a responses row group holds all of its questions' responses)."""
+    return write_groups(map(vote, iter_groups(responses)), out, VOTE_SCHEMA)
 
 
 # The config self-justification reads (justification.py; graph: the justify step): the rest of
@@ -551,25 +586,40 @@ def collect_justified(shard_files: Sequence[str | Path], out: str | Path) -> Pat
 
 def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,
                 labeled: str | Path, out: str | Path) -> Path:
-    """pseudo_labels.parquet (selection.PSEUDO_COLUMNS). `labeled` gives class_quota its prior."""
+    """pseudo_labels.parquet (selection.PSEUDO_COLUMNS). `labeled` gives class_quota its prior.
+    Rules 1-2 run a shard at a time (the votes' and responses' row groups are the same shards);
+    only one compact row per question is held for the cut over the whole pool."""
     lab = read_table(labeled, "labeled")
     sel = cfg.selection
     if sel.class_quota == "prior" and lab["options"].isna().any():
         raise ValueError("class_quota 'prior' needs a multiple-choice task (options on every labeled "
                          "row): with free answers every distinct answer would be a class")
-    df = select_pseudo_labels(load_frame(votes), load_frame(justified), load_frame(responses),
-                              theta=sel.theta, scope=sel.scope, class_balance=sel.class_balance,
-                              source_balance=sel.source_balance, agreement=sel.agreement,
-                              class_quota=sel.class_quota, labeled_answers=lab["answer"].tolist())
+    check_selection(sel.theta, sel.scope, sel.class_balance, sel.source_balance, sel.agreement, sel.class_quota,
+                    lab["answer"].tolist())
+    columns = ["unlabeled_id", "answer", "H"]  # what a pseudo-label takes from a justification
+    table = pq.read_table(justified, columns=columns)
+    just = pd.DataFrame({n: table.column(n).to_pylist() for n in columns})
+    chunks = [candidates(vt, just[just["unlabeled_id"].isin(set(vt["unlabeled_id"]))], resp, sel.agreement)
+              for vt, resp in zip(iter_groups(votes), iter_groups(responses, ["unlabeled_id", "model", "answer", "H"]))]
+    if not chunks:  # no questions: the empty table, with its columns
+        chunks = [candidates(pd.DataFrame(columns=VOTE_SCHEMA.names), just, pd.DataFrame(columns=RESPONSE_SCHEMA.names),
+                             sel.agreement)]
+    df = cut(pd.concat(chunks, ignore_index=True), sel.theta, sel.scope, sel.class_balance, sel.source_balance,
+             sel.class_quota, lab["answer"].tolist())
     return save_frame(df, out)
 
 
-def class_names(options: Sequence) -> dict[str, str]:
+def class_names(options: Iterable) -> dict[str, str]:
     """Option letter -> "A (negative)" when every question offers the same options (a labeling
     task such as sentiment), else letter -> letter: counts per letter then mean nothing more."""
     from .answers import LETTERS
 
-    distinct = {tuple(o) for o in options if o is not None}
+    distinct = set()
+    for o in options:
+        if o is not None:
+            distinct.add(tuple(o))
+            if len(distinct) > 1:
+                return {}
     if len(distinct) != 1:
         return {}
     return {LETTERS[i]: f"{LETTERS[i]} ({text})" for i, text in enumerate(next(iter(distinct)))}
@@ -583,33 +633,39 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
     config's `agreement`), accuracy against the oracle when there is one, the selected classes
     by label name (`selected_class_counts`) and, for a choice task with `labeled`, `class_mix`
     {class: {"labeled": prior share, "selected": share}}. A class more than 15 points off its prior
-    (or an empty selection) adds `class_mix_warning`, also logged as a warning."""
+    (or an empty selection) adds `class_mix_warning`, also logged as a warning. Of the votes and
+    responses only the columns it counts are read (one row per question at most)."""
     from .answers import answers_equal
 
-    pl, vt = load_frame(pseudo), load_frame(votes)
+    pl = load_frame(pseudo)
+    consensus = pq.read_table(votes, columns=["consensus"]).column(0)
     sel = pl[pl["selected"]]
     stats = {
-        "n_unlabeled": int(len(vt)),
-        "n_consensus": int(vt["consensus"].sum()),
+        "n_unlabeled": len(consensus),
+        "n_consensus": int(pc.sum(consensus).as_py() or 0),
         "n_justified": int((pl["source"] == "justified").sum()),
         "n_selected": int(len(sel)),
         "threshold": float(pl["threshold"].dropna().iloc[0]) if pl["threshold"].notna().any() else None,
         "pseudo_label_accuracy": None,
     }
     if responses is not None:
-        stats.update(removal_counts(pl, load_frame(responses), agreement))
+        columns = ["unlabeled_id", "model", "answer"]  # the kNN votes are all removal_counts reads
+        knn = pq.read_table(responses, columns=columns, filters=[("model", "==", "knn")])
+        stats.update(removal_counts(pl, pd.DataFrame({n: knn.column(n).to_pylist() for n in columns}), agreement))
     if oracle is not None and Path(oracle).exists():
-        gold = dict(zip(*read_table(oracle, "oracle")[["id", "answer"]].T.values))
+        truth = read_table(oracle, "oracle")
+        gold = pd.Series(truth["answer"].values, index=truth["id"].values)
         def acc(frame):
-            frame = frame[frame["unlabeled_id"].isin(gold.keys())]
-            if frame.empty:
+            truth_of = frame["unlabeled_id"].map(gold)
+            known = truth_of.notna()
+            if not known.any():
                 return None
-            return float(np.mean([answers_equal(a, gold[u], answer_type)
-                                  for u, a in zip(frame["unlabeled_id"], frame["answer"])]))
+            return float(np.mean([answers_equal(a, g, answer_type)
+                                  for a, g in zip(frame["answer"][known], truth_of[known])]))
         stats["pseudo_label_accuracy"] = acc(sel)
         stats["pseudo_label_accuracy_all"] = acc(pl)
         stats["consensus_accuracy"] = acc(pl[pl["source"] == "consensus"])
-    names = class_names(read_table(unlabeled, "unlabeled")["options"]) if unlabeled is not None else {}
+    names = class_names(option_cells(unlabeled)) if unlabeled is not None else {}
     stats["selected_class_counts"] = {names.get(str(k), str(k)): int(v)
                                       for k, v in sel["answer"].value_counts().sort_index().items()}
     if labeled is not None and answer_type == "choice":  # free answers: a "class" per answer says nothing

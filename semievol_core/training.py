@@ -491,7 +491,7 @@ def train_lora(
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .models import resolve_model
+    from .models import quiet_loading, resolve_model
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -517,8 +517,10 @@ def train_lora(
         bf16 = use_cuda and torch.cuda.is_bf16_supported()
         # Seed before the LoRA A matrices are initialised (B starts at zero).
         transformers.set_seed(cfg.seed)
+        quiet_loading()
         base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         base.config.use_cache = False  # no KV cache while training
+        why = f"activation checkpointing {'on' if gradient_checkpointing else 'off'}: set in the config"
         if gradient_checkpointing == "auto":
             gradient_checkpointing, why = needs_checkpointing(
                 base.config, min(cfg.batch_size, len(train_set)), max(len(e["input_ids"]) for e in train_set),
@@ -616,6 +618,7 @@ def train_lora(
             "n_val": len(val_set),
             "epochs_run": epochs_run,
             "world_size": args.world_size,  # processes that trained data-parallel (torchrun)
+            "activation_checkpointing": why,  # on or off, and why (execution.gradient_checkpointing)
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
         # Under torchrun / accelerate launch every process trained the same replica (DDP keeps

@@ -13,8 +13,14 @@ order, which is deterministic.
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 
-VOTE_COLUMNS = ["unlabeled_id", "n_responses", "n_parsed", "answers", "majority", "agreement", "consensus"]
+VOTE_SCHEMA = pa.schema([
+    ("unlabeled_id", pa.large_string()), ("n_responses", pa.int64()), ("n_parsed", pa.int64()),
+    ("answers", pa.list_(pa.string())), ("majority", pa.large_string()), ("agreement", pa.float64()),
+    ("consensus", pa.bool_()),
+])
+VOTE_COLUMNS = VOTE_SCHEMA.names
 
 
 def vote(responses: pd.DataFrame) -> pd.DataFrame:

@@ -184,6 +184,7 @@ def test_evaluate_command_runs_a_flow_through_prefect(tmp_path, sentiment_datase
     assert "Flow run" in res.stderr  # Prefect's run logger
     # a quiet run: no ERROR line (the temporary server's telemetry cannot reach the internet)
     assert not [line for line in res.stderr.splitlines() if "| ERROR" in line], res.stderr[-3000:]
+    assert "Loading weights" not in res.stderr  # no bar per model load (models.quiet_loading)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 3 and (tmp_path / "eval" / "report.md").exists()
     shutil.rmtree(tmp_path / "eval")

@@ -58,20 +58,26 @@ def test_read_rows_decodes_only_the_row_groups_of_the_range(tmp_path, monkeypatc
         pd.testing.assert_frame_equal(part, whole.iloc[start:stop].reset_index(drop=True))
 
 
+def _tables_and_vectors(tmp_path, n_unlabeled: int, seed: int):
+    """6 labeled and n_unlabeled unlabeled rows written as tables, and random unit 8-d vectors
+    for both saved as labeled.npy / unlabeled.npy: (labeled, unlabeled, their paths, the vectors)."""
+    rng = np.random.default_rng(seed)
+    lab, unl = pd.DataFrame(sentiment_rows(6)), _unlabeled(n_unlabeled, 100)
+    lab_path = data.write_table(lab, tmp_path / "labeled.parquet", "labeled")
+    unl_path = data.write_table(unl, tmp_path / "unlabeled.parquet", "unlabeled")
+    vecs = {}
+    for name, n in (("labeled", 6), ("unlabeled", n_unlabeled)):
+        v = rng.normal(size=(n, 8)).astype(np.float32)
+        vecs[name] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        np.save(tmp_path / f"{name}.npy", vecs[name])
+    return lab, unl, lab_path, unl_path, vecs
+
+
 def test_neighbors_written_by_chunk_are_read_back_per_shard(tmp_path, monkeypatch):
     """find_neighbors searches EMBED_CHUNK queries at a time, one row group each; read_neighbors
     of any row range gives exactly the rows the whole-table search gives for those queries."""
     monkeypatch.setattr(steps, "EMBED_CHUNK", 4)
-    rng = np.random.default_rng(0)
-    lab = pd.DataFrame(sentiment_rows(6))
-    unl = _unlabeled(11, 100)
-    lab_path = data.write_table(lab, tmp_path / "labeled.parquet", "labeled")
-    unl_path = data.write_table(unl, tmp_path / "unlabeled.parquet", "unlabeled")
-    vecs = {}
-    for name, n in (("labeled", 6), ("unlabeled", 11)):
-        v = rng.normal(size=(n, 8)).astype(np.float32)
-        vecs[name] = v / np.linalg.norm(v, axis=1, keepdims=True)
-        np.save(tmp_path / f"{name}.npy", vecs[name])
+    lab, unl, lab_path, unl_path, vecs = _tables_and_vectors(tmp_path, 11, seed=0)
     cfg = SemiEvolConfig(propagation={"k_demos": 2})
     out = steps.find_neighbors(cfg, unl_path, "unlabeled", tmp_path / "unlabeled.npy", lab_path,
                                tmp_path / "labeled.npy", tmp_path / "nb.parquet")
@@ -98,3 +104,102 @@ def test_embed_table_writes_a_chunked_memmap_equal_to_embedding_at_once(tmp_path
     path = data.write_table(unl, tmp_path / "u.parquet", "unlabeled")
     out = steps.embed_table(SemiEvolConfig(), path, "unlabeled", tmp_path / "u.npy")
     assert np.array_equal(np.load(out), Letters().embed(unl["question"].tolist()))
+
+
+def test_collect_vote_and_select_stream_by_shard_and_equal_the_whole_table_computation(tmp_path, monkeypatch):
+    """13 questions in 3 generation shards, 4 collaborators + the kNN vote: responses.parquet
+    holds one row group per shard with every response to its questions; votes come back a row
+    group per shard; select reads a shard at a time and its pseudo-labels equal the whole-table
+    select_pseudo_labels (quotas over the whole pool); selection_stats counts the same."""
+    from semievol_core.collaboration import RESPONSE_COLUMNS, knn_responses
+    from semievol_core.propagation import knn_label_vote
+    from semievol_core.selection import select_pseudo_labels
+    from semievol_core.voting import vote
+
+    monkeypatch.setattr(steps, "EMBED_CHUNK", 4)
+    lab, unl, lab_path, unl_path, _ = _tables_and_vectors(tmp_path, 13, seed=1)
+    rng = np.random.default_rng(1)
+    cfg = SemiEvolConfig(collaboration={"knn_collaborator": True},
+                         selection={"agreement": "knn", "class_quota": "prior", "theta": 0.6})
+    nb = steps.find_neighbors(cfg, unl_path, "unlabeled", tmp_path / "unlabeled.npy", lab_path,
+                              tmp_path / "labeled.npy", tmp_path / "nb.parquet")
+    plan = [[0, 5], [5, 10], [10, 13]]
+    shard_files = []
+    for i, (start, stop) in enumerate(plan):  # 4 collaborators; answers A/B/C at random, one unparsed
+        rows = [(u, f"c{c}", "warm", 0, 0, "text", str(rng.choice(["A", "B", "C"])) if (u, c) != ("u-101", 0) else None,
+                 True, "letter", 3, float(rng.uniform(0.1, 2.0)), "stop")
+                for u in unl["id"].iloc[start:stop] for c in range(4)]
+        shard_files.append(steps.save_frame(pd.DataFrame(rows, columns=RESPONSE_COLUMNS), tmp_path / f"s{i}.parquet"))
+    responses = steps.collect_responses(cfg, plan, shard_files, lab_path, nb, tmp_path / "responses.parquet")
+    groups = [g["unlabeled_id"] for g in steps.iter_groups(responses)]
+    assert [sorted(set(g)) for g in groups] == [sorted(unl["id"].iloc[a:b]) for a, b in plan]
+    assert [len(g) for g in groups] == [25, 25, 15]  # 4 replies + the kNN vote per question
+
+    whole = steps.load_frame(responses)
+    knn = knn_label_vote(steps.load_frame(nb), dict(zip(lab["id"], lab["answer"])))
+    assert (whole[whole["model"] == "knn"].set_index("unlabeled_id")["answer"].sort_index()
+            == knn_responses(knn).set_index("unlabeled_id")["answer"].sort_index()).all()
+
+    votes = steps.vote_step(responses, tmp_path / "votes.parquet")
+    assert pq.ParquetFile(votes).metadata.num_row_groups == 3
+    vt = steps.load_frame(votes)
+    pd.testing.assert_frame_equal(vt.sort_values("unlabeled_id").reset_index(drop=True), vote(whole))
+    disputed = vt[~vt["consensus"]]
+    justified = pd.DataFrame({"unlabeled_id": disputed["unlabeled_id"], "text": "Answer: B", "answer": "B",
+                              "parse_ok": True, "num_tokens": 2, "H": rng.uniform(0.1, 2.0, len(disputed))})
+    just_path = steps.save_frame(justified, tmp_path / "justified.parquet")
+
+    got = steps.load_frame(steps.select_step(cfg, votes, just_path, responses, lab_path, tmp_path / "pl.parquet"))
+    want = select_pseudo_labels(vote(whole), justified, whole, theta=0.6, agreement="knn", class_quota="prior",
+                                labeled_answers=lab["answer"].tolist())
+    pd.testing.assert_frame_equal(got, want.reset_index(drop=True), check_dtype=False)
+    assert 0 < got["selected"].sum() < len(got)
+    stats = steps.selection_stats(tmp_path / "pl.parquet", votes, None, "choice", unl_path, labeled=lab_path,
+                                  responses=responses, agreement="knn")
+    assert stats["n_unlabeled"] == 13 and stats["n_consensus"] == int(vt["consensus"].sum())
+    assert (stats["removed_unparsed"] + stats["removed_by_agreement"] + stats["removed_by_threshold"]
+            + stats["n_selected"]) == len(got)
+
+
+def test_copy_parts_streams_the_bytes_write_table_parts_writes_and_names_bad_rows(tmp_path, monkeypatch):
+    """prepare copies the unlabeled parts a row group at a time: the file equals write_table_parts
+    over the parts read whole (same bytes, so a run's cache keys do not move), source files of
+    other row-group sizes included; a bad row, a repeated id across parts, or a missing column is
+    one DataError naming the part, the row and the column, and nothing is written."""
+    import pyarrow as pa
+
+    from semievol_core.schema import DataError
+
+    monkeypatch.setattr(data, "ROW_GROUP_ROWS", 4)
+    d = tmp_path / "unlabeled"
+    d.mkdir()
+    a, b = _unlabeled(10), _unlabeled(7, 100)
+    source = pq.read_table(data.write_table(a, tmp_path / "a.parquet", "unlabeled"))
+    pq.write_table(source, d / "part-00000.parquet", row_group_size=3)  # groups of 3, copied as groups of 4
+    data.write_table(b, d / "part-00001.parquet", "unlabeled")
+    parts = data.table_parts(d)
+    streamed = data.copy_parts(parts, tmp_path / "streamed.parquet", "unlabeled")
+    whole = data.write_table_parts([data.read_table(p, "unlabeled") for p in parts], tmp_path / "whole.parquet",
+                                   "unlabeled")
+    assert streamed.read_bytes() == whole.read_bytes()
+    assert data.part_sizes(streamed) == [10, 7]
+    f = pq.ParquetFile(streamed)
+    assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [4, 4, 2, 4, 3]
+    empty = data.copy_parts([], tmp_path / "empty.parquet", "unlabeled")
+    assert empty.read_bytes() == data.write_table_parts([], tmp_path / "empty2.parquet", "unlabeled").read_bytes()
+
+    good = pq.read_table(data.write_table(b.iloc[:4], tmp_path / "b.parquet", "unlabeled"))
+    column = good.schema.get_field_index("question")
+    blank = good.set_column(column, good.schema.field(column), pa.array(["q1", "q2", " ", "q4"], good.schema.field(column).type))
+    pq.write_table(blank, d / "part-00001.parquet")  # row 3's question is blank
+    with pytest.raises(DataError, match=r"part-00001.parquet row 3, column 'question'"):
+        data.copy_parts(data.table_parts(d), tmp_path / "bad.parquet", "unlabeled")
+    dup = pd.concat([b.iloc[:2], a.iloc[[7]]], ignore_index=True)
+    data.write_table(dup, d / "part-00001.parquet", "unlabeled")
+    with pytest.raises(DataError, match=r"part-00001.parquet row 3, column 'id': duplicate id .* \(also .*part-00000.parquet row 8\)"):
+        data.copy_parts(data.table_parts(d), tmp_path / "dup.parquet", "unlabeled")
+    pq.write_table(pq.read_table(d / "part-00000.parquet").drop(["options"]), d / "part-00000.parquet")
+    with pytest.raises(DataError, match=r"part-00000.parquet, column 'options': missing required column"):
+        data.copy_parts(data.table_parts(d), tmp_path / "missing.parquet", "unlabeled")
+    assert not any((tmp_path / f"{name}.parquet").exists() for name in ("bad", "dup", "missing"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left behind

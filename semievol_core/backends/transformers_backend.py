@@ -67,7 +67,7 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..models import resolve_model
+        from ..models import quiet_loading, resolve_model
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -81,6 +81,7 @@ class TransformersBackend(Backend):
         tok = AutoTokenizer.from_pretrained(path)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
+        quiet_loading()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         self._eos_ids = self._stop_token_ids(model, tok)
         model = self._wrap(model)
