@@ -128,9 +128,7 @@ def one_size(n: int) -> dict:
     model = RUNS / "tiny-llama"
     if not (model / "config.json").exists():
         build_tiny_llama(model)
-    t_data = time.perf_counter()
-    data = write_dataset(RUNS / f"data-{n}", n)
-    data_s = time.perf_counter() - t_data
+    data = write_dataset(RUNS / f"data-{n}", n)  # built by main() beforehand, in another process
     out = RUNS / f"run-{n}"
     if out.exists():  # a measurement starts cold: a run directory left from before would be all cache hits
         shutil.rmtree(out)
@@ -172,7 +170,6 @@ def one_size(n: int) -> dict:
     return {"rows": n, "wall_seconds": round(wall, 1), "seconds_per_1k_rows": round(1000 * wall / n, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "task_runs": res["task_runs"], "executed": res["executed"], "bytes_written": written,
-            "dataset_write_seconds": round(data_s, 1),
             "steps": {name: {"seconds": s, "peak_rss_mb": round(peaks.get(name, float("nan")), 1)}
                       for name, s in res["timings"].items()}}
 
@@ -216,7 +213,9 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         # The synthetic table is built in a process of its own: building a million rows in pandas
         # would otherwise set the measured process's peak RSS.
+        t_data = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--data", str(n)], check=True)
+        data_s = time.perf_counter() - t_data
         proc = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                                    # a fresh Prefect home migrates its database first (slow on 2 busy cores)
@@ -224,7 +223,7 @@ def main() -> None:
                                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
         if proc.returncode:
             sys.exit(f"size {n} failed:\n{proc.stderr[-3000:]}")
-        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        rec = {**json.loads(proc.stdout.strip().splitlines()[-1]), "dataset_write_seconds": round(data_s, 1)}
         records = sorted([r for r in records if r["rows"] != n] + [rec], key=lambda r: r["rows"])
         OUT_JSON.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(),
                                         "records": records}, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Helpers the flows share: running a task as a timed, cache-checked step; artifacts; parameters.
 
-    with task_pool(cfg.execution, logger) as (pool, workers):   # pool: None, or a Dask task runner
+    with task_pool(cfg.execution, logger) as (pool, workers):   # pool: None, or a Dask or Ray task runner
         runner = StepRunner(cfg, out_dir, logger, pool)          # a semievol_core.graph.Call
         graph.execute(graph.plan(systems), values, runner, timings)  # every step a cached task
     runner.cached         # steps answered from the cache
@@ -69,8 +69,12 @@ def task_pool(execution, logger) -> Iterator[tuple[Any, int]]:
         with runner:
             import ray
 
-            workers = int(ray.cluster_resources().get("CPU", 1))
-            logger.info("fan-out steps run on Ray: %s, %d CPU(s)", execution.cluster or "a local instance", workers)
+            resources = ray.cluster_resources()
+            # The `gpu` slots: one per GPU on a cluster that has them, else one per CPU. The tasks
+            # themselves ask Ray for one CPU, not a GPU: on a GPU cluster run one Ray worker per GPU
+            # (e.g. `ray start --num-cpus 1 --num-gpus 1` per device) so shards do not share one.
+            workers = int(resources.get("GPU") or resources.get("CPU", 1))
+            logger.info("fan-out steps run on Ray: %s, %d slot(s)", execution.cluster or "a local instance", workers)
             yield runner, workers
         return
     try:

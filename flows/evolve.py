@@ -12,10 +12,10 @@ and stable names (`<out>/warm_adapter`, `<out>/pseudo_labels.parquet`, ...) link
 changing θ re-runs select, train-final and evaluate-semievol; changing the model re-runs training
 and generation.
 Generation runs in shards of `cfg.execution.shard_size` questions, each its own cached task run,
-so a killed run loses at most the shard in flight. With `execution.workers` (a Dask LocalCluster)
-or `execution.cluster` (a running Dask scheduler) the shards of generation and justification are
-submitted to Dask at once and run on its workers, each of which loads the model once
-(flows/common.task_pool); a worker lost mid-shard has its shard re-run on another. One run per
+so a killed run loses at most the shard in flight. With `execution.workers` (a local cluster) or
+`execution.cluster` (a running one), the shards of generation and justification are submitted at
+once to Dask, or to Ray with `execution.engine: ray`, and run on its workers, each of which loads
+the model once (flows/common.task_pool); a Dask worker lost mid-shard has its shard re-run on another. One run per
 `out_dir` at a time: a second one fails at once, naming the first one's pid (steps.run_dir_lock).
 
 Artifacts (keys shared across runs, so the UI shows each one's history): `semievol-verdict`

@@ -208,8 +208,9 @@ class OpenAIConfig(Section):
     @field_validator("base_url")
     @classmethod
     def _some_server(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and not value:
-            raise ValueError("give at least one server URL")
+        urls = value if isinstance(value, list) else [value]
+        if not urls or not all(u.strip() for u in urls):
+            raise ValueError("give at least one server URL, none of them empty")
         return value
 
     @field_validator("api_key")
@@ -271,6 +272,11 @@ class ExecutionConfig(Section):
         if self.workers and self.cluster:
             raise ValueError(f"execution: workers={self.workers} starts a cluster on this machine and "
                              f"cluster={self.cluster!r} names a running one; set one of them")
+        scheme = (self.cluster or "").partition("://")[0]
+        if (scheme == "ray") != (self.engine == "ray") and scheme in ("ray", "tcp", "tls"):
+            raise ValueError(f"execution: cluster={self.cluster!r} is a {'Ray' if scheme == 'ray' else 'Dask'} "
+                             f"address but engine={self.engine!r}; set engine to "
+                             f"{'ray' if scheme == 'ray' else 'dask'}")
         return self
 
 

@@ -183,11 +183,17 @@ def check_unique_ids(parts: Sequence[Path]) -> None:
     (its first occurrence in the message); reads the id column alone."""
     import pyarrow.compute as pc
 
-    ids = [_parquet_file(p).read(columns=["id"]).column("id") for p in parts]
+    id_type = SCHEMAS["unlabeled"].field("id").type
+    ids = []
+    for part in parts:  # each part's ids as the schema's type (parts from other writers differ)
+        try:
+            ids.append(_parquet_file(part).read(columns=["id"]).column("id").cast(id_type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise DataError(part, None, "id", f"ids must be strings: {err}") from None
     if not ids:
         return
-    every = pa.chunked_array([c for col in ids for c in col.chunks], type=ids[0].type)
-    counts = pc.value_counts(every)
+    every = pa.chunked_array([c for col in ids for c in col.chunks], type=id_type)
+    counts = pc.value_counts(every.drop_null())  # a missing id is the row check's error, not a duplicate
     repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if not len(repeated):
         return

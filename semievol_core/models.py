@@ -44,7 +44,9 @@ def _package_dir(package: str, pip_name: str) -> Path:
 def quiet_loading() -> None:
     """Turn off transformers' "Loading weights" bar, printed at every model load: a second of
     noise in a run's log, not progress on long work (training and generation keep their own
-    bars, execution.progress). Call before from_pretrained."""
+    bars, execution.progress). Call before from_pretrained. It is transformers' switch for all
+    its bars, the hub's download bars included: models here come from local packages (the
+    Makefile), never a download at run time."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -258,6 +258,7 @@ def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Lim
     if len(labeled) == 0:
         raise ValueError(f"{data_dir}: the labeled table is empty; the method needs labeled examples")
     test = read_table(d / "test.parquet", "test")
+    oracle = read_table(d / "oracle.parquet", "oracle") if (d / "oracle.parquet").exists() else None
     check_forms(data_dir)
     write_table(_sample(labeled, limits.labeled, seed), out / "labeled.parquet", "labeled")
     unlabeled_dir = d / "unlabeled"
@@ -268,9 +269,8 @@ def prepare_data(data_dir: str | Path, out_dir: str | Path, limits: Limits = Lim
         unlabeled = read_table(unlabeled_dir, "unlabeled") if unlabeled_dir.exists() else empty_frame("unlabeled")
         write_table(_sample(unlabeled, limits.unlabeled, seed), out / "unlabeled.parquet", "unlabeled")
     write_table(_sample(test, limits.test, seed), out / "test.parquet", "test")
-    oracle = d / "oracle.parquet"
-    if oracle.exists():
-        write_table(read_table(oracle, "oracle"), out / "oracle.parquet", "oracle")
+    if oracle is not None:
+        write_table(oracle, out / "oracle.parquet", "oracle")
     elif (out / "oracle.parquet").exists():
         (out / "oracle.parquet").unlink()
     return out
@@ -507,7 +507,7 @@ def collect_responses(cfg: SemiEvolConfig, shard_rows: Sequence[Sequence[int]], 
     answers = dict(zip(*read_table(labeled, "labeled")[["id", "answer"]].T.values)) if knn else {}
 
     def shards() -> Iterator[pd.DataFrame]:
-        for rows, file in zip(shard_rows, shard_files):
+        for rows, file in zip(shard_rows, shard_files, strict=True):
             df = load_frame(file)
             if knn and len(df):
                 votes = knn_label_vote(read_neighbors(neighbors, *rows, ids=df["unlabeled_id"].unique()), answers)
@@ -584,6 +584,16 @@ def collect_justified(shard_files: Sequence[str | Path], out: str | Path) -> Pat
                       out)
 
 
+def _aligned_groups(votes: str | Path, responses: str | Path, columns: Sequence[str]):
+    """The votes' and the responses' row groups side by side (vote_step writes one per responses
+    row group); ValueError naming both files when their counts differ."""
+    n_votes, n_resp = pq.ParquetFile(votes).num_row_groups, pq.ParquetFile(responses).num_row_groups
+    if n_votes != n_resp:
+        raise ValueError(f"{votes} has {n_votes} row groups and {responses} {n_resp}: both must come from "
+                         f"collect and vote of the same run")
+    return zip(iter_groups(votes), iter_groups(responses, columns))
+
+
 def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, responses: str | Path,
                 labeled: str | Path, out: str | Path) -> Path:
     """pseudo_labels.parquet (selection.PSEUDO_COLUMNS). `labeled` gives class_quota its prior.
@@ -599,8 +609,13 @@ def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, r
     columns = ["unlabeled_id", "answer", "H"]  # what a pseudo-label takes from a justification
     table = pq.read_table(justified, columns=columns)
     just = pd.DataFrame({n: table.column(n).to_pylist() for n in columns})
-    chunks = [candidates(vt, just[just["unlabeled_id"].isin(set(vt["unlabeled_id"]))], resp, sel.agreement)
-              for vt, resp in zip(iter_groups(votes), iter_groups(responses, ["unlabeled_id", "model", "answer", "H"]))]
+    chunks = []
+    for group, (vt, resp) in enumerate(_aligned_groups(votes, responses, ["unlabeled_id", "model", "answer", "H"])):
+        ids = set(vt["unlabeled_id"])
+        if ids != set(resp["unlabeled_id"]):
+            raise ValueError(f"{votes} row group {group} does not hold the questions of {responses} row group "
+                             f"{group}: both must come from collect and vote of the same run")
+        chunks.append(candidates(vt, just[just["unlabeled_id"].isin(ids)], resp, sel.agreement))
     if not chunks:  # no questions: the empty table, with its columns
         chunks = [candidates(pd.DataFrame(columns=VOTE_SCHEMA.names), just, pd.DataFrame(columns=RESPONSE_SCHEMA.names),
                              sel.agreement)]

@@ -618,7 +618,8 @@ def train_lora(
             "n_val": len(val_set),
             "epochs_run": epochs_run,
             "world_size": args.world_size,  # processes that trained data-parallel (torchrun)
-            "activation_checkpointing": why,  # on or off, and why (execution.gradient_checkpointing)
+            # on or off, and why (execution.gradient_checkpointing: the config, or the memory estimate)
+            "activation_checkpointing": {"on": bool(gradient_checkpointing), "why": why},
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
         # Under torchrun / accelerate launch every process trained the same replica (DDP keeps

@@ -546,5 +546,6 @@ def test_the_config_takes_a_list_of_replicas_and_a_call_deadline():
     assert opts["base_url"] == ["http://a:8000/v1", "http://b:8000"] and opts["call_deadline"] == 900
     backend = OpenAIBackend(opts["base_url"], "m", call_deadline=opts["call_deadline"])
     assert backend.base_urls == ["http://a:8000/v1", "http://b:8000/v1"]
-    with pytest.raises(ValidationError, match="at least one server"):
-        SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": []}})
+    for empty in ([], [""], ["http://a:8000", " "]):
+        with pytest.raises(ValidationError, match="at least one server URL, none of them empty"):
+            SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": empty}})

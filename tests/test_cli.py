@@ -150,6 +150,13 @@ def test_evolve_command_hands_the_flow_the_overridden_config(tmp_path, sentiment
     assert cli.main(["evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"),
                      "--cluster", "tcp://dask:8786"]) == 0
     assert received["config"].execution.cluster == "tcp://dask:8786"
+    assert received["config"].execution.engine == "dask"  # the default engine
+    assert cli.main(["evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "run"),
+                     "--cluster", "ray://head:10001", "--engine", "ray"]) == 0
+    assert (received["config"].execution.cluster, received["config"].execution.engine) == ("ray://head:10001", "ray")
+    line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
+                                   "--cluster", "ray://head:10001"))
+    assert "cluster='ray://head:10001' is a Ray address but engine='dask'; set engine to ray" in line
     line = one_line_error(semievol("evolve", "--data", str(sentiment_dataset), "--out", str(tmp_path / "r"),
                                    "--workers", "2", "--cluster", "tcp://dask:8786"))
     assert "workers=2 starts a cluster on this machine and cluster='tcp://dask:8786' names a running one" in line

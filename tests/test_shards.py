@@ -154,6 +154,9 @@ def test_collect_vote_and_select_stream_by_shard_and_equal_the_whole_table_compu
                                 labeled_answers=lab["answer"].tolist())
     pd.testing.assert_frame_equal(got, want.reset_index(drop=True), check_dtype=False)
     assert 0 < got["selected"].sum() < len(got)
+    one_group = steps.save_frame(vote(whole), tmp_path / "votes-whole.parquet")  # not from vote_step
+    with pytest.raises(ValueError, match=r"votes-whole.parquet has 1 row groups and .*responses.parquet 3"):
+        steps.select_step(cfg, one_group, just_path, responses, lab_path, tmp_path / "pl2.parquet")
     stats = steps.selection_stats(tmp_path / "pl.parquet", votes, None, "choice", unl_path, labeled=lab_path,
                                   responses=responses, agreement="knn")
     assert stats["n_unlabeled"] == 13 and stats["n_consensus"] == int(vt["consensus"].sum())
@@ -185,6 +188,10 @@ def test_copy_parts_streams_the_bytes_write_table_parts_writes_and_names_bad_row
     assert data.part_sizes(streamed) == [10, 7]
     f = pq.ParquetFile(streamed)
     assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [4, 4, 2, 4, 3]
+    wide = source.set_column(0, pa.field("id", pa.large_string()), source.column("id").cast(pa.large_string()))
+    pq.write_table(wide, d / "part-00000.parquet", row_group_size=3)  # large_string ids (polars, pandas)
+    assert data.copy_parts(data.table_parts(d), tmp_path / "wide.parquet", "unlabeled").read_bytes() == whole.read_bytes()
+    pq.write_table(source, d / "part-00000.parquet", row_group_size=3)
     empty = data.copy_parts([], tmp_path / "empty.parquet", "unlabeled")
     assert empty.read_bytes() == data.write_table_parts([], tmp_path / "empty2.parquet", "unlabeled").read_bytes()
 

@@ -11,9 +11,9 @@
 Several servers serving the same model (vLLM replicas behind no balancer, or each pod of a
 Service by its own address) are one backend: `OpenAIBackend(["http://a:8000", "http://b:8000"],
 ...)`. Each gets at most `concurrency` requests in flight; a request goes to the least busy
-server, and its retry to another one at once, never the one that just failed it (backoff only
-before a server is tried again after a full round), so a replica that dies mid-run costs each
-request one attempt. A call
+server, and its retry to another one, never the one that just failed it: at once, except that
+every n-th attempt (n servers) backs off first and a server's Retry-After is honoured. So a replica
+that dies mid-run costs each request one attempt. A call
 (one shard's batch) can also have one overall deadline, `call_deadline` seconds for all its
 requests and their retries (`execution.backend.call_deadline_seconds`).
 
@@ -262,7 +262,7 @@ class OpenAIBackend(Backend):
     def _give_back(self, server: int) -> None:
         with self._slots:
             self._inflight[server] -= 1
-            self._slots.notify()
+            self._slots.notify_all()  # waiters avoid different servers: wake them all to look
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
                  until: float | None = None) -> Any:
@@ -278,6 +278,9 @@ class OpenAIBackend(Backend):
         n = len(self.base_urls)
         while True:
             delay: float | None = None
+            if time.monotonic() >= deadline:  # picked up after its call's deadline: not sent
+                last_error = last_error or "not sent: the deadline passed while it waited its turn"
+                break
             taken = self._take_server(server, deadline)
             if taken is None:  # every server busy until the deadline
                 last_error = last_error or "no server had a free slot"
@@ -305,8 +308,8 @@ class OpenAIBackend(Backend):
                                               status=status)
             finally:
                 self._give_back(server)
-            # Backoff per round over the servers: a retry goes to the next server at once, and
-            # waits only before trying again a server that already failed it.
+            # Backoff once per n attempts (n servers): a retry goes to another server at once,
+            # and every n-th one waits first, so a request all servers refuse still backs off.
             wait = 0.0 if attempts % n else self._backoff(attempts // n - 1)
             if delay is not None:  # the server said how long; still capped by backoff_max
                 wait = min(max(wait, delay), max(self.backoff_max, wait))
