@@ -344,33 +344,46 @@ EMBED_CHUNK = 8192  # questions embedded (and searched) at a time: memory is a c
 
 
 def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
-    """The table's question vectors as one .npy, embedded a chunk of questions at a time into a
-    memory-mapped file (a million questions: 1.5 GB on disk, a chunk in memory)."""
-    from numpy.lib.format import open_memmap
+    """The table's question vectors as one .npy (the bytes np.save writes), embedded and appended a
+    chunk of questions at a time: a million questions are 1.5 GB on disk and a chunk in memory.
+    Plain writes, not a memory map, whose written pages would count in the process's RSS."""
+    from numpy.lib import format as npy
 
     from .data import read_rows, table_parts
 
     out, path = Path(out), Path(table)
     parts = table_parts(path)
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    with atomic_path(out) as tmp:
-        vecs = None
-        start = 0
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        started = False
         for part in parts:
             rows = pq.ParquetFile(part).metadata.num_rows
             for i in range(0, rows, EMBED_CHUNK):
                 chunk = get_embedder(cfg).embed(read_rows(part, kind, i, min(i + EMBED_CHUNK, rows))["question"].tolist())
-                if vecs is None:
-                    vecs = open_memmap(tmp, mode="w+", dtype=chunk.dtype, shape=(n, chunk.shape[1]))
-                vecs[start:start + len(chunk)] = chunk
-                start += len(chunk)
-        if vecs is None:  # no rows: an empty (0, 0) array, as embedding nothing gave before
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.zeros((0, 0), dtype=np.float32))
-        else:
-            vecs.flush()
-            del vecs
+                if not started:
+                    npy.write_array_header_1_0(fh, {"descr": npy.dtype_to_descr(chunk.dtype), "fortran_order": False,
+                                                    "shape": (n, chunk.shape[1])})
+                    started = True
+                fh.write(np.ascontiguousarray(chunk).tobytes())
+        if not started:  # no rows: an empty (0, 0) array, as embedding nothing gave before
+            np.save(fh, np.zeros((0, 0), dtype=np.float32))
     return out
+
+
+def read_vectors(path: str | Path, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a 2-d .npy (embed_table's), read from the file alone: the rest is
+    never read, and, unlike a memory map, nothing stays counted in the process's RSS."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as fh:
+        version = npy.read_magic(fh)
+        shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)
+        width = shape[1] if len(shape) == 2 else 0
+        start, stop = min(start, shape[0]), min(stop, shape[0])
+        if not width or stop <= start:
+            return np.zeros((max(stop - start, 0), width), dtype=dtype)
+        fh.seek(fh.tell() + start * width * dtype.itemsize)
+        return np.fromfile(fh, dtype=dtype, count=(stop - start) * width).reshape(stop - start, width)
 
 
 def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, query_vecs: str | Path,
@@ -381,14 +394,13 @@ def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, qu
 
     lab = read_table(labeled, "labeled")
     lab_vecs = np.load(labeled_vecs)
-    vecs = np.load(query_vecs, mmap_mode="r")
     n = pq.ParquetFile(queries).metadata.num_rows
     out = Path(out)
     with atomic_path(out) as tmp:
         writer = None
         for i in range(0, max(n, 1), EMBED_CHUNK):
             q = read_rows(queries, query_kind, i, min(i + EMBED_CHUNK, n))
-            nb = retrieve_neighbors(q["id"].tolist(), np.asarray(vecs[i:i + len(q)]), lab["id"].tolist(), lab_vecs,
+            nb = retrieve_neighbors(q["id"].tolist(), read_vectors(query_vecs, i, i + len(q)), lab["id"].tolist(), lab_vecs,
                                     k=cfg.propagation.k_demos, unlabeled_texts=q["question"].tolist(),
                                     labeled_texts=lab["question"].tolist())
             table = pa.Table.from_pandas(nb, schema=NEIGHBOR_SCHEMA, preserve_index=False)
@@ -619,8 +631,10 @@ def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, r
     if not chunks:  # no questions: the empty table, with its columns
         chunks = [candidates(pd.DataFrame(columns=VOTE_SCHEMA.names), just, pd.DataFrame(columns=RESPONSE_SCHEMA.names),
                              sel.agreement)]
-    df = cut(pd.concat(chunks, ignore_index=True), sel.theta, sel.scope, sel.class_balance, sel.source_balance,
-             sel.class_quota, lab["answer"].tolist())
+    pool = pd.concat(chunks, ignore_index=True)
+    del chunks, just  # the cut holds the one compact pool, not its chunks besides it
+    df = cut(pool, sel.theta, sel.scope, sel.class_balance, sel.source_balance, sel.class_quota,
+             lab["answer"].tolist())
     return save_frame(df, out)
 
 

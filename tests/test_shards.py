@@ -92,8 +92,9 @@ def test_neighbors_written_by_chunk_are_read_back_per_shard(tmp_path, monkeypatc
         assert got.to_dict("list") == want.to_dict("list")
 
 
-def test_embed_table_writes_a_chunked_memmap_equal_to_embedding_at_once(tmp_path, monkeypatch):
-    """Chunked embedding into a memory-mapped .npy gives the vectors of embedding the whole table."""
+def test_embed_table_writes_chunk_by_chunk_the_npy_of_embedding_at_once(tmp_path, monkeypatch):
+    """Chunked embedding appended to one .npy gives the bytes np.save writes for the whole table's
+    vectors, and read_vectors gives back any row range of it (an empty table: a (0, 0) array)."""
     class Letters:  # a deterministic stand-in embedder: vector = letter counts of the question
         def embed(self, texts):
             return np.array([[t.count(c) for c in "aeiou"] for t in texts], dtype=np.float32)
@@ -103,7 +104,15 @@ def test_embed_table_writes_a_chunked_memmap_equal_to_embedding_at_once(tmp_path
     unl = _unlabeled(8)
     path = data.write_table(unl, tmp_path / "u.parquet", "unlabeled")
     out = steps.embed_table(SemiEvolConfig(), path, "unlabeled", tmp_path / "u.npy")
-    assert np.array_equal(np.load(out), Letters().embed(unl["question"].tolist()))
+    whole = Letters().embed(unl["question"].tolist())
+    np.save(tmp_path / "whole.npy", whole)
+    assert out.read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    for start, stop in [(0, 8), (2, 5), (7, 8), (5, 5), (6, 20)]:
+        assert np.array_equal(steps.read_vectors(out, start, stop), whole[start:stop])
+    empty = steps.embed_table(SemiEvolConfig(), data.write_table(data.empty_frame("unlabeled"), tmp_path / "e.parquet",
+                                                                 "unlabeled"),
+                              "unlabeled", tmp_path / "e.npy")
+    assert np.load(empty).shape == (0, 0) and steps.read_vectors(empty, 0, 3).shape == (0, 0)
 
 
 def test_collect_vote_and_select_stream_by_shard_and_equal_the_whole_table_computation(tmp_path, monkeypatch):
