@@ -105,6 +105,9 @@ def save_text(text: str, path: str | Path) -> Path:
     return path
 
 
+DIGEST_BLOCK = 1 << 23  # bytes hashed at a time (8 MiB): memory stays a block, whatever the file
+
+
 def file_digest(*paths: str | Path) -> str:
     """sha256 of files' bytes (a directory: its files, sorted by relative name)."""
     h = hashlib.sha256()
@@ -114,7 +117,9 @@ def file_digest(*paths: str | Path) -> str:
             if f.name.startswith(".") or f.name in ("loss_curve.json", "train_result.json", "train_config.json"):
                 continue  # run metadata (timings, paths as given), not the weights
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
-            h.update(f.read_bytes())
+            with open(f, "rb") as fh:  # by blocks: a million rows' vectors are 1.5 GB
+                for block in iter(lambda: fh.read(DIGEST_BLOCK), b""):
+                    h.update(block)
     return h.hexdigest()
 
 

@@ -219,3 +219,16 @@ def test_copy_parts_streams_the_bytes_write_table_parts_writes_and_names_bad_row
         data.copy_parts(data.table_parts(d), tmp_path / "missing.parquet", "unlabeled")
     assert not any((tmp_path / f"{name}.parquet").exists() for name in ("bad", "dup", "missing"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left behind
+
+
+def test_file_digest_hashes_by_blocks_to_the_same_key(tmp_path, monkeypatch):
+    """A file is hashed a block at a time (a million rows' vectors are 1.5 GB): the digest is the
+    sha256 of its bytes whatever the block size, so no cache key moves."""
+    import hashlib
+
+    blob = tmp_path / "vecs.npy"
+    blob.write_bytes(bytes(range(256)) * 41)
+    monkeypatch.setattr(steps, "DIGEST_BLOCK", 1000)  # 10,496 bytes in 11 blocks
+    assert steps.file_digest(blob) == hashlib.sha256(blob.read_bytes()).hexdigest()
+    monkeypatch.setattr(steps, "DIGEST_BLOCK", 1 << 23)
+    assert steps.file_digest(blob) == hashlib.sha256(blob.read_bytes()).hexdigest()
