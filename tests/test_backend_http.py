@@ -90,6 +90,10 @@ class ScriptedServer:
                     script.max_inflight = max(script.max_inflight, script.inflight)
                 try:
                     time.sleep(step.delay)
+                finally:  # in flight = being worked on: counted down before the reply goes out, so
+                    with script.lock:  # a client that read it and sent its next one is not counted twice
+                        script.inflight -= 1
+                try:
                     body = step.body(payload) if callable(step.body) else step.body
                     data = json.dumps(body if body is not None else {}).encode()
                     self.send_response(step.status)
@@ -101,9 +105,6 @@ class ScriptedServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
-                finally:
-                    with script.lock:
-                        script.inflight -= 1
 
             do_GET = _reply
             do_POST = _reply
