@@ -153,10 +153,10 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
         raise DataError(path, None, None, f"not a readable Parquet file: {err}") from None
 
 
-def _required_columns(f: pq.ParquetFile, path: Path, kind: str) -> list[str]:
-    """The kind's columns; DataError naming the file and the first one it lacks."""
+def _required_columns(names: Sequence[str], path: Path, kind: str) -> list[str]:
+    """The kind's columns; DataError naming the file and the first one its `names` lack."""
     for name in SCHEMAS[kind].names:
-        if name not in f.schema_arrow.names:
+        if name not in names:
             raise DataError(path, None, name, f"missing required column for a {kind} table")
     return SCHEMAS[kind].names
 
@@ -164,7 +164,7 @@ def _required_columns(f: pq.ParquetFile, path: Path, kind: str) -> list[str]:
 def _chunks(f: pq.ParquetFile, path: Path, kind: str, rows: int) -> Iterator[tuple[int, pa.Table]]:
     """(first row number, table) of `rows` rows at a time (the last one shorter) from one file,
     with the kind's columns: memory stays a chunk."""
-    names = _required_columns(f, path, kind)
+    names = _required_columns(f.schema_arrow.names, path, kind)
     held, n_held, first = [], 0, 1
     for batch in f.iter_batches(batch_size=rows, columns=names):
         held.append(pa.Table.from_batches([batch]))
@@ -217,7 +217,7 @@ def copy_parts(parts: Sequence[Path], path: str | Path, kind: str) -> Path:
     path, schema = Path(path), SCHEMAS[kind]
     files = [_parquet_file(p) for p in parts]
     for part, f in zip(parts, files):
-        _required_columns(f, part, kind)
+        _required_columns(f.schema_arrow.names, part, kind)
     check_unique_ids(parts)
     sizes = [n for n in (f.metadata.num_rows for f in files) if n] or [0]
     metadata = {**(schema.metadata or {}), PARTS_KEY: json.dumps(sizes).encode()}
@@ -292,8 +292,9 @@ def rows_frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
 
 def read_parquet(path: Path) -> pa.Table:
     """One Parquet file as it is (no schema check); DataError naming it when it is not Parquet."""
+    f = _parquet_file(path)
     try:
-        return pq.read_table(path)
+        return f.read()
     except (pa.ArrowException, OSError) as err:
         raise DataError(path, None, None, f"not a readable Parquet file: {err}") from None
 
@@ -308,9 +309,7 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     tables = []
     for part in table_parts(Path(path)):
         table = read_parquet(part)
-        for name in schema.names:
-            if name not in table.column_names:
-                raise DataError(part, None, name, f"missing required column for a {kind} table")
+        _required_columns(table.column_names, part, kind)
         tables.append(table.select(schema.names).cast(schema))
     if not tables:
         return empty_frame(kind)

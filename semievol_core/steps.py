@@ -65,10 +65,14 @@ def save_frame(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def load_frame(path: str | Path) -> pd.DataFrame:
-    table = pq.read_table(path)
-    # Plain Python lists in list columns (to_pandas would give numpy arrays).
+def table_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a DataFrame with plain Python lists in list columns (to_pandas would
+    give numpy arrays)."""
     return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+
+
+def load_frame(path: str | Path) -> pd.DataFrame:
+    return table_frame(pq.read_table(path))
 
 
 def write_groups(frames: Iterable[pd.DataFrame], path: str | Path, schema: pa.Schema) -> Path:
@@ -87,7 +91,7 @@ def iter_groups(path: str | Path, columns: Sequence[str] | None = None) -> Itera
     f = pq.ParquetFile(path)
     for g in range(f.metadata.num_row_groups):
         table = f.read_row_group(g, columns=columns)
-        yield pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+        yield table_frame(table)
 
 
 def save_json(obj, path: str | Path) -> Path:
@@ -422,7 +426,7 @@ def read_neighbors(neighbors: str | Path, start: int, stop: int, ids: Sequence[s
     f = pq.ParquetFile(neighbors)
     groups = list(range(start // EMBED_CHUNK, min(-(-stop // EMBED_CHUNK), f.metadata.num_row_groups)))
     table = f.read_row_groups(groups) if groups else f.schema_arrow.empty_table()
-    nb = pd.DataFrame({c: table.column(c).to_pylist() for c in table.column_names})
+    nb = table_frame(table)
     return nb[nb["unlabeled_id"].isin(set(ids))].reset_index(drop=True)
 
 
@@ -521,7 +525,8 @@ def collect_responses(cfg: SemiEvolConfig, shard_rows: Sequence[Sequence[int]], 
     (+ the kNN label vote as a collaborator when configured): vote and select then read it a
     shard at a time, and memory stays one shard whatever the number of rows."""
     knn = cfg.collaboration.knn_collaborator
-    answers = dict(zip(*read_table(labeled, "labeled")[["id", "answer"]].T.values)) if knn else {}
+    lab = read_table(labeled, "labeled") if knn else None
+    answers = dict(zip(lab["id"], lab["answer"])) if knn else {}
 
     def shards() -> Iterator[pd.DataFrame]:
         for rows, file in zip(shard_rows, shard_files, strict=True):
@@ -562,7 +567,7 @@ def _rows_of(path: str | Path, ids: list[str]) -> pd.DataFrame:
     """The rows of a step's table whose unlabeled_id is in `ids`, in file order (a filtered scan:
     memory stays one row group, not the table)."""
     table = pq.read_table(path, filters=[("unlabeled_id", "in", ids)]) if ids else pq.read_schema(path).empty_table()
-    return pd.DataFrame({n: table.column(n).to_pylist() for n in table.column_names})
+    return table_frame(table)
 
 
 def justification_key(cfg: SemiEvolConfig, rows: Sequence[int], votes: str | Path, responses: str | Path,
@@ -624,8 +629,7 @@ def select_step(cfg: SemiEvolConfig, votes: str | Path, justified: str | Path, r
     check_selection(sel.theta, sel.scope, sel.class_balance, sel.source_balance, sel.agreement, sel.class_quota,
                     lab["answer"].tolist())
     columns = ["unlabeled_id", "answer", "H"]  # what a pseudo-label takes from a justification
-    table = pq.read_table(justified, columns=columns)
-    just = pd.DataFrame({n: table.column(n).to_pylist() for n in columns})
+    just = table_frame(pq.read_table(justified, columns=columns))
     chunks = []
     for group, (vt, resp) in enumerate(_aligned_groups(votes, responses, ["unlabeled_id", "model", "answer", "H"])):
         ids = set(vt["unlabeled_id"])
@@ -685,7 +689,7 @@ def selection_stats(pseudo: str | Path, votes: str | Path, oracle: str | Path | 
     if responses is not None:
         columns = ["unlabeled_id", "model", "answer"]  # the kNN votes are all removal_counts reads
         knn = pq.read_table(responses, columns=columns, filters=[("model", "==", "knn")])
-        stats.update(removal_counts(pl, pd.DataFrame({n: knn.column(n).to_pylist() for n in columns}), agreement))
+        stats.update(removal_counts(pl, table_frame(knn), agreement))
     if oracle is not None and Path(oracle).exists():
         truth = read_table(oracle, "oracle")
         gold = pd.Series(truth["answer"].values, index=truth["id"].values)
