@@ -3,6 +3,7 @@
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --sft-epochs 3,6,12  # SFT sweep
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe recommended  # ~35 min
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe paper
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --tapt-steps 340 --sft-steps 288
     .venv/bin/python bench/label_efficiency.py --vanilla      # the base model, once (no labels used)
     .venv/bin/python bench/label_efficiency.py --report       # rewrite the .md and .png from the JSON
 
@@ -16,7 +17,9 @@ Systems: `knn_vote` (the labeled neighbours' majority label, no LLM), `sft` (LoR
 the policy of `train` in the recipe's config: `recommended` trains 96 optimizer updates),
 `sft_e<E>` (the convergence sweep: E epochs, the recipe's update budget lifted),
 `sft_plus<N>` / `semievol_<recipe>_continue<N>` (N more updates from the recipe's SFT, on the gold
-rows alone / on gold + the selected pseudo-labels), `semievol_<recipe>` (the
+rows alone / on gold + the selected pseudo-labels), `sft_s<M>` / `tapt<N>_sft_s<M>` (M updates of SFT
+from the base model / from an adapter first trained N updates on the unlabeled rows' question text,
+task-adaptive pre-training), `semievol_<recipe>` (the
 recipe's config from deployments/configs/<recipe>.yaml), `vanilla` (no labels at all). A recipe
 run's SFT is the warm adapter it starts from; the paired SemiEvol-vs-SFT difference (95% CI,
 McNemar p) is taken on the same test questions. Run directories live under bench/runs/le/
@@ -244,6 +247,45 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
     return out
 
 
+def tapt_cell(n: int, seed: int, tapt_steps: int, sft_steps: int, extra: list[str]) -> list[dict]:
+    """Task-adaptive pre-training as the use of the unlabeled rows: SFT for `sft_steps` updates
+    from the base model (`sft_s<M>`, the baseline) and from an adapter first trained `tapt_steps`
+    updates on the 1,357 unlabeled questions' text (`tapt<N>_sft_s<M>`). The same SFT data, updates
+    and schedule: the difference is the pre-training alone."""
+    import pandas as pd
+
+    from semievol_core import steps as core
+    from semievol_core.data import read_table
+    from semievol_core.training import train_lora
+
+    data, run = budget_dataset(n, seed), RUNS / f"b{n}-s{seed}-tapt"
+    cfg = recipe_config("recommended", extra + [f"train.max_steps={sft_steps}"])
+    test, preds, out = data / "test.parquet", {}, []
+    questions = pd.DataFrame({"question": read_table(data / "unlabeled", "unlabeled")["question"]})
+    t0 = time.perf_counter()
+    tapt_dir = run / f"tapt{tapt_steps}_adapter"
+    if not (tapt_dir / "adapter_model.safetensors").exists():
+        tapt_cfg = cfg.train.model_copy(update={"max_steps": tapt_steps, "val_fraction": 0.0,
+                                                "early_stopping_patience": None})
+        train_lora(cfg.model, questions, tapt_dir, tapt_cfg, progress=False, threads=cfg.execution.threads,
+                   objective="text")
+    tapt_s = round(time.perf_counter() - t0, 1)
+    for system, start in ((f"sft_s{sft_steps}", None), (f"tapt{tapt_steps}_sft_s{sft_steps}", tapt_dir)):
+        t0 = time.perf_counter()
+        adapter = run / f"{system}_adapter"
+        if not (adapter / "adapter_model.safetensors").exists():
+            core.train_adapter(cfg, [(data / "labeled.parquet", "labeled")], adapter, init_adapter=start)
+        preds[system] = run / "predictions" / f"{system}.parquet"
+        m = core.evaluate_system(cfg, "sft", test, "choice", preds[system], adapter=adapter)
+        out.append(record(n, seed, system, m, wall_s=round(time.perf_counter() - t0, 1),
+                          sft_steps=sft_steps, **adapter_facts(adapter),
+                          **({"tapt_steps": tapt_steps, "tapt_rows": len(questions), "tapt_s": tapt_s}
+                             if start else {})))
+    out[1]["vs_sft"] = core.compare(preds[out[1]["system"]], preds[out[0]["system"]],
+                                    cfg.evaluation.bootstrap_samples, cfg.seed)
+    return out
+
+
 def vanilla() -> list[dict]:
     cfg = recipe_config("recommended", [])
     report, wall = run_cell(budget_dataset(64, 0), RUNS / "vanilla", cfg, ["vanilla"])
@@ -369,6 +411,9 @@ def main() -> None:
                     help="with --recipe: this adapter labels the pool (the registry-champion path)")
     ap.add_argument("--no-final", action="store_true",
                     help="with --recipe: pseudo-labels only, no final fine-tune (use --continue-steps)")
+    ap.add_argument("--tapt-steps", type=int, metavar="N",
+                    help="with --sft-steps: SFT from the base vs from N updates of pre-training on the unlabeled text")
+    ap.add_argument("--sft-steps", type=int, metavar="M", help="the SFT updates of the --tapt-steps arms")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
@@ -379,6 +424,8 @@ def main() -> None:
         new += vanilla()
     if args.sft_epochs:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
+    if args.tapt_steps:
+        new += tapt_cell(args.labeled, args.seed, args.tapt_steps, args.sft_steps or 288, args.set)
     if args.recipe and args.continue_steps:
         new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
                              oracle=args.oracle, gold_only=args.gold_only,

@@ -26,6 +26,11 @@ are gold labels and the rest pseudo-labels. The validation slice (early stopping
 from the gold ones only, since noisy labels make a noisy stopping signal (no gold: no validation,
 all epochs run); a pseudo-label's target tokens count `pseudo_weight` times in the loss.
 
+Task-adaptive pre-training (TAPT, Gururangan et al., ACL 2020): `train_lora(..., objective="text")`
+trains the adapter to predict the examples' question text itself (next-token loss on every token of
+the question, no chat template, no answer), e.g. on the unlabeled rows before the SFT; the SFT then
+continues that adapter with `init_adapter`. Such examples need only a `question` column.
+
 Defaults (lr 1e-3, at most 3 epochs, early stopping with patience 1 on a 10% validation slice):
 see `bench/training_defaults.md` (SmolLM2-135M on FPB). The paper's 1e-4 x 2 epochs barely moves a
 135M model; 5e-4 needed 3 epochs; 1e-3 beat 5e-4 x 2 epochs after one epoch.
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips (prompt and padding positions)
 REQUIRED_COLUMNS = ("question", "options", "answer")
+TEXT_COLUMNS = ("question",)  # objective "text" (TAPT): the question is the whole example
 
 
 class TrainConfig(BaseModel):
@@ -206,10 +212,25 @@ def encode_examples(tokenizer, examples, max_length: int) -> list[dict[str, list
     return out
 
 
-def check_examples(examples) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in getattr(examples, "columns", ())]
+def encode_texts(tokenizer, examples, max_length: int) -> list[dict[str, list[int]]]:
+    """input_ids and labels (the same ids: every token is a target) of each row's question text,
+    followed by the tokenizer's EOS, for task-adaptive pre-training. A text longer than max_length
+    keeps its start (there is no answer at the end to keep)."""
+    check_examples(examples, TEXT_COLUMNS)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for i, text in enumerate(examples["question"]):
+        if text is None or not str(text).strip():
+            raise ValueError(f"example {i}: empty question")
+        ids = (tokenizer(str(text), add_special_tokens=False)["input_ids"] + eos)[:max_length]
+        out.append({"input_ids": ids, "labels": list(ids)})
+    return out
+
+
+def check_examples(examples, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
+    missing = [c for c in required if c not in getattr(examples, "columns", ())]
     if missing:
-        raise ValueError(f"examples lack column(s) {missing}; need {list(REQUIRED_COLUMNS)}")
+        raise ValueError(f"examples lack column(s) {missing}; need {list(required)}")
     if len(examples) == 0:
         raise ValueError("no training examples")
 
@@ -461,6 +482,7 @@ def train_lora(
     n_gold: int | None = None,
     pseudo_weight: float = 1.0,
     memory_budget_bytes: int | None = None,
+    objective: Literal["answer", "text"] = "answer",
 ) -> TrainResult:
     """Fine-tune a LoRA adapter of `model` on `examples` and save it to `out_dir` (replaced if present).
 
@@ -479,9 +501,11 @@ def train_lora(
     `n_gold`: the first n_gold examples are gold labels, the rest pseudo-labels: validation rows
     come from the gold ones only, and a pseudo-label's loss counts `pseudo_weight` times (None:
     every example is gold, as for the warm adapter).
+    `objective`: "answer" learns the `Answer: X` targets; "text" learns the question text itself
+    (task-adaptive pre-training, see the module docstring).
     """
     cfg = cfg or TrainConfig()
-    check_examples(examples)
+    check_examples(examples, REQUIRED_COLUMNS if objective == "answer" else TEXT_COLUMNS)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
 
@@ -499,7 +523,7 @@ def train_lora(
     try:
         path = resolve_model(model)
         tok = AutoTokenizer.from_pretrained(path)
-        encoded = encode_examples(tok, examples, cfg.max_length)
+        encoded = (encode_examples if objective == "answer" else encode_texts)(tok, examples, cfg.max_length)
         train_idx, val_idx = split_indices(len(encoded), cfg.val_fraction, cfg.seed, n_gold)
         if n_gold == 0 and cfg.val_fraction > 0:
             log.warning("no gold examples to validate on (pseudo-labels only): no early stopping, "
@@ -613,6 +637,7 @@ def train_lora(
         run = {
             "train_config": cfg.model_dump(),
             "model": str(model),
+            "objective": objective,
             "init_adapter": None if init_adapter is None else str(init_adapter),
             "n_train": len(train_set),
             "n_val": len(val_set),

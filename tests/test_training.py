@@ -19,6 +19,7 @@ from semievol_core.training import (
     TrainConfig,
     encode_example,
     encode_examples,
+    encode_texts,
     split_indices,
     target_loss,
     train_lora,
@@ -175,6 +176,38 @@ def test_training_lowers_loss_and_saves_a_servable_adapter(trained, sharp_model_
         tuned = PeftModel.from_pretrained(base, str(out)).eval()
         after = tuned(input_ids=ids).logits
     assert (after - before).abs().max().item() > 1e-3
+
+
+def test_text_examples_make_every_question_token_a_target(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = pd.DataFrame({"question": ["Shares rose.", "Profit fell sharply in the third quarter."]})
+    for (text,), ex in zip(texts.itertuples(index=False), encode_texts(tok, texts, max_length=512)):
+        # the question's own tokens then EOS, all of them targets: no template, no answer
+        assert ex["input_ids"] == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert ex["labels"] == ex["input_ids"]
+    assert len(encode_texts(tok, texts.iloc[1:], max_length=3)[0]["input_ids"]) == 3  # the start is kept
+    with pytest.raises(ValueError, match="example 1: empty question"):
+        encode_texts(tok, pd.DataFrame({"question": ["fine", " "]}), max_length=512)
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['question'\]"):
+        encode_texts(tok, pd.DataFrame({"text": ["x"]}), max_length=512)
+
+
+def test_tapt_learns_the_unlabeled_text_and_the_sft_continues_it(sharp_model_dir, tmp_path):
+    """objective="text" fits the questions alone (no options, no answers needed), and its adapter
+    is one the answer-objective SFT continues from."""
+    cfg = fast_config(early_stopping_patience=None, val_fraction=0.0, epochs=4)
+    texts = make_examples(16)[["question"]]
+    tapt = train_lora(str(sharp_model_dir), texts, tmp_path / "tapt", cfg, progress=False, objective="text")
+    curve = json.loads((tmp_path / "tapt" / "loss_curve.json").read_text())["train"]
+    assert tapt.train_loss < curve[0]["loss"] - 1.0  # the text's next-token loss falls
+    assert json.loads((tmp_path / "tapt" / "train_config.json").read_text())["objective"] == "text"
+    sft = train_lora(str(sharp_model_dir), make_examples(8), tmp_path / "sft", cfg.model_copy(update={"epochs": 1}),
+                     init_adapter=str(tapt.adapter_dir), progress=False)
+    run = json.loads((tmp_path / "sft" / "train_config.json").read_text())
+    assert run["objective"] == "answer" and run["init_adapter"] == str(tapt.adapter_dir)
+    assert lora_tensors(sft.adapter_dir).keys() == lora_tensors(tapt.adapter_dir).keys()
 
 
 def test_same_seed_same_adapter(trained, sharp_model_dir, tmp_path):
