@@ -246,8 +246,9 @@ class ExecutionConfig(Section):
     concurrency: int = Field(default=8, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None: the library's default
     # Unlabeled questions per cached generation shard, at least; a part of the dataset with more
-    # than shard_size x max_shards rows gets bigger shards, so a million rows make max_shards
-    # task runs per fan-out step, not 8,000 (steps.shard_plan).
+    # than shard_size x max_shards rows gets bigger shards, and a shard holds at least
+    # 1/(max_shards/4) of the rows before it, so a million rows make a few hundred task runs per
+    # fan-out step, not 8,000, however many parts they came in (steps.shard_plan).
     shard_size: int = Field(default=128, ge=1)
     max_shards: int = Field(default=200, ge=1)
     # Where the fan-out steps (generation and justification shards) run: in the flow's process

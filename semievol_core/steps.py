@@ -442,19 +442,44 @@ def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, lis
 # ---------------------------------------------------------------------------- 3. collaboration
 def shard_plan(unlabeled: str | Path, shard_size: int, max_shards: int) -> list[list[int]]:
     """Row ranges [start, stop) of the run's unlabeled table, one per generation shard, in table
-    order and never across two parts of the dataset's unlabeled/ (data.part_sizes): rows appended
-    later (a new part) land in new shards, so every shard of rows answered before keeps its content
-    and its key. A part gets shards of shard_size rows, or bigger ones when that would make more
-    than max_shards of them (a million-row part: 200 shards of 5,000, not 7,813 of 128). Read from
-    the file's metadata alone."""
+    order. Read from the file's metadata alone (data.part_sizes). The plan is a function of the
+    data and the config, never of the machine's speed, since it is part of every shard's cache key.
+
+    Shards grow with the rows before them: one starting at row `a` holds at least
+    floor(a) = max(shard_size, a / (max_shards / GROWTH)) rows, bar a part's last shard, which
+    holds what is left of the part. So a table of any size makes a few hundred shards, and a
+    shard's rows depend only on what comes before it:
+    - A part of at least shard_size rows gets its own shards, never across two parts, of
+      floor(its start) rows, or of rows / max_shards if that is more (a million-row part: 200
+      shards of 5,000). Rows appended later (a new part) land in new shards, so every shard of
+      rows answered before keeps its content and its key. A million rows as 100 nightly parts of
+      10,000 make ~380 shards.
+    - Smaller parts (a directory of many small files) are packed with their neighbours until the
+      group holds floor(its start) rows. Appending parts leaves every closed group as it was; only
+      a trailing open group grows and is answered again. A million rows in parts of 100 make ~270
+      shards, not 10,000."""
     from .data import part_sizes
 
-    plan, start = [], 0
+    per = max(max_shards // GROWTH, 1)
+    plan, start, group = [], 0, None  # group: [first row, stop] of small parts being packed
     for rows in part_sizes(unlabeled):
-        size = max(shard_size, -(-rows // max_shards))
-        plan += [[i, min(i + size, start + rows)] for i in range(start, start + rows, size)]
+        if rows >= shard_size:
+            if group:
+                plan.append(group)
+                group = None
+            size = max(shard_size, -(-rows // max_shards), start // per)
+            plan += [[i, min(i + size, start + rows)] for i in range(start, start + rows, size)]
+        elif rows:
+            group = group or [start, start]
+            group[1] += rows
+            if group[1] - group[0] >= max(shard_size, group[0] // per):
+                plan.append(group)
+                group = None
         start += rows
-    return plan
+    return plan + ([group] if group else [])
+
+
+GROWTH = 4  # a shard is at least 1/(max_shards/GROWTH) of the rows before it (shard_plan)
 
 
 # The config a shard's responses depend on (collaboration.py reads it; graph: the generate step).

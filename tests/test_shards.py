@@ -21,6 +21,17 @@ def _unlabeled(n: int, offset: int = 0) -> pd.DataFrame:
     return pd.DataFrame(sentiment_rows(n, offset))[["id", "question", "options", "metadata"]]
 
 
+def _sizes_file(path, sizes: list[int]):
+    """A file whose metadata says it holds parts of these sizes (the plan reads nothing else)."""
+    import json
+
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.string())]).with_metadata({data.PARTS_KEY: json.dumps(sizes).encode()})
+    pq.write_table(pa.table({"id": ["x"]}, schema=schema), path)
+    return path
+
+
 def test_shards_never_straddle_parts_and_grow_past_max_shards(tmp_path):
     path = data.write_table_parts([_unlabeled(10), _unlabeled(25, 100)], tmp_path / "u.parquet", "unlabeled")
     assert data.part_sizes(path) == [10, 25]
@@ -28,22 +39,58 @@ def test_shards_never_straddle_parts_and_grow_past_max_shards(tmp_path):
     plan = steps.shard_plan(path, shard_size=4, max_shards=100)
     assert plan[:3] == [[0, 4], [4, 8], [8, 10]] and plan[3] == [10, 14] and plan[-1] == [34, 35]
     assert len(plan) == 10
-    # at most 3 shards a part: ceil(10/3) = 4 rows, ceil(25/3) = 9 rows
-    assert steps.shard_plan(path, shard_size=2, max_shards=3) == [[0, 4], [4, 8], [8, 10], [10, 19], [19, 28],
-                                                                  [28, 35]]
+    # at most 3 shards a part (ceil(10/3) = 4 rows), and at least the rows before it (max_shards
+    # 3 // GROWTH 4 -> 1: a shard starting at row 10 holds 10 or more)
+    assert steps.shard_plan(path, shard_size=2, max_shards=3) == [[0, 4], [4, 8], [8, 10], [10, 20], [20, 30],
+                                                                  [30, 35]]
 
 
 def test_a_million_row_part_makes_max_shards_shards(tmp_path):
     """The plan reads the parts' sizes from the metadata alone: a file that says it holds a part of
-    a million rows and one of 300 gets 200 shards of 5,000 and 3 of 128 (200 is the default)."""
-    import pyarrow as pa
-
-    schema = pa.schema([("id", pa.string())]).with_metadata({data.PARTS_KEY: b"[1000000, 300]"})
-    pq.write_table(pa.table({"id": ["x"]}, schema=schema), tmp_path / "u.parquet")
+    a million rows and one of 300 gets 200 shards of 5,000 and 1 of 300 (200 is the default; a
+    shard after a million rows holds at least 1,000,000 / (200/4) = 20,000, or the whole part)."""
     cfg = SemiEvolConfig().execution
-    plan = steps.shard_plan(tmp_path / "u.parquet", cfg.shard_size, cfg.max_shards)
-    assert len(plan) == 203 and plan[0] == [0, 5000] and plan[199] == [995000, 1000000]
-    assert plan[200:] == [[1000000, 1000128], [1000128, 1000256], [1000256, 1000300]]
+    plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [1_000_000, 300]), cfg.shard_size, cfg.max_shards)
+    assert len(plan) == 201 and plan[0] == [0, 5000] and plan[199] == [995000, 1000000]
+    assert plan[200:] == [[1000000, 1000300]]
+
+
+def test_a_year_of_nightly_parts_makes_hundreds_of_shards(tmp_path):
+    """100 nightly parts of 10,000 rows: shards grow with the rows before them, so the later
+    nights make one shard each, and every part keeps its own shards."""
+    cfg = SemiEvolConfig().execution
+    plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [10_000] * 100), cfg.shard_size, cfg.max_shards)
+    assert 150 <= len(plan) <= 400
+    assert plan[:79] == [[i, min(i + 128, 10_000)] for i in range(0, 10_000, 128)]  # night 0: shards of 128
+    assert plan[-1] == [990_000, 1_000_000]
+    bounds = {b for shard in plan for b in shard}
+    assert all(10_000 * k in bounds for k in range(101))  # no shard straddles two nights
+
+
+def test_small_parts_are_packed_and_appending_parts_keeps_every_closed_group(tmp_path):
+    # parts of 3 rows, shard_size 8: groups of three parts (9 rows) from the start
+    plan = steps.shard_plan(_sizes_file(tmp_path / "a.parquet", [3] * 7), shard_size=8, max_shards=100)
+    assert plan == [[0, 9], [9, 18], [18, 21]]  # the last group is open: the table ended
+    # a big part closes the open group and keeps its own shards; small parts after it pack again
+    mixed = steps.shard_plan(_sizes_file(tmp_path / "b.parquet", [3, 3, 20, 3, 3, 3]), shard_size=8, max_shards=100)
+    assert mixed == [[0, 6], [6, 14], [14, 22], [22, 26], [26, 35]]
+    # appended parts: every group that had closed is unchanged, only the open one grows
+    before = steps.shard_plan(_sizes_file(tmp_path / "c.parquet", [5] * 40), shard_size=8, max_shards=8)
+    after = steps.shard_plan(_sizes_file(tmp_path / "d.parquet", [5] * 40 + [7] * 30), shard_size=8, max_shards=8)
+    assert after[: len(before) - 1] == before[:-1] and after[len(before) - 1][0] == before[-1][0]
+    for p in (before, after):  # every row in exactly one shard, in order
+        assert p[0][0] == 0 and all(a[1] == b[0] for a, b in zip(p, p[1:]))
+    assert after[-1][1] == 40 * 5 + 30 * 7
+
+
+def test_a_million_rows_in_small_parts_make_hundreds_of_shards_not_one_per_part(tmp_path):
+    """10,000 parts of 100 rows (a directory of small files) with the default shard_size and
+    max_shards: a few hundred shards, the later ones bigger, covering every row once."""
+    cfg = SemiEvolConfig().execution
+    plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [100] * 10_000), cfg.shard_size, cfg.max_shards)
+    assert 100 <= len(plan) <= 400
+    assert plan[0] == [0, 200] and plan[-1][1] == 1_000_000 and all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
+    assert all(stop - start >= cfg.shard_size for start, stop in plan)
 
 
 def test_read_rows_decodes_only_the_row_groups_of_the_range(tmp_path, monkeypatch):
