@@ -151,33 +151,41 @@ def cut(df: pd.DataFrame, theta: float = 0.5, scope: str = "all", class_balance:
         source_balance: bool = False, class_quota: str = "none",
         labeled_answers: Iterable[str] | None = None) -> pd.DataFrame:
     """Rule 3 over all the candidates at once (one quantile, or one set of quotas, for the whole
-    pool): `selected` and `threshold` set, the `eligible` column dropped."""
-    df = df.sort_values("unlabeled_id", kind="stable").reset_index(drop=True)
-    eligible = df.pop("eligible").astype(bool)
-    ranked = eligible & df["H"].notna()
+    pool): `selected` and `threshold` set, the `eligible` column dropped, rows by unlabeled_id.
+    It works on numpy columns and integer class codes: at a million questions a per-class frame
+    copy was the step's peak (bench/results/scale.md)."""
+    df = df.sort_values("unlabeled_id", kind="stable", ignore_index=True)  # lazy copy when sorted
+    eligible = df.pop("eligible").to_numpy(dtype=bool)
+    h = df["H"].to_numpy(dtype=float)
+    ranked = eligible & ~np.isnan(h)
+    selected = df["selected"].to_numpy(dtype=bool, copy=True)
+    threshold = df["threshold"].to_numpy(dtype=float, copy=True)
+    answer, classes = pd.factorize(df["answer"], sort=True)  # code -1: no answer
     if class_quota == "prior":
         quotas = class_quotas(labeled_answers, math.floor(theta * int(ranked.sum()) + 1e-9))
-        for cls, members in df[ranked].groupby("answer", sort=True).groups.items():
-            order = df.loc[members].sort_values(["H", "unlabeled_id"], kind="stable")
-            keep = order.index[: quotas.get(cls, 0)]
-            df.loc[keep, "selected"] = True
-            df.loc[members, "threshold"] = float(order.loc[keep, "H"].max()) if len(keep) else math.nan
+        for code, cls in enumerate(classes):
+            members = np.flatnonzero(ranked & (answer == code))  # in unlabeled_id order
+            if not len(members):
+                continue
+            keep = members[np.argsort(h[members], kind="stable")[: quotas.get(cls, 0)]]  # by (H, id)
+            selected[keep] = True
+            threshold[members] = float(h[keep].max()) if len(keep) else math.nan
     else:
-        pool = ranked if scope == "all" else ranked & (df["source"] == "justified")
+        source, _ = pd.factorize(df["source"])
+        justified = (df["source"] == "justified").to_numpy(dtype=bool)
+        pool = ranked if scope == "all" else ranked & justified
         # The cells a quantile is taken in: the whole pool, or one per class and/or per source.
-        keys = (["answer"] if class_balance else []) + (["source"] if source_balance else [])
-        # one key by name, not as a one-element list (pandas is changing what that list gives)
-        by = keys[0] if len(keys) == 1 else keys
-        cells = df[pool].groupby(by, sort=False).groups.values() if keys else [df.index[pool]]
-        for members in cells:
-            thr = _quantile(df.loc[members, "H"], theta)
-            df.loc[members, "threshold"] = thr
-            df.loc[members, "selected"] = df.loc[members, "H"] <= thr + 1e-12
+        cell = (answer if class_balance else 0) * (int(source.max(initial=0)) + 1) + (source if source_balance else 0)
+        cell = np.broadcast_to(cell, len(df))
+        for key in np.unique(cell[pool]):
+            members = np.flatnonzero(pool & (cell == key))
+            thr = _quantile(pd.Series(h[members]), theta)
+            threshold[members] = thr
+            selected[members] = h[members] <= thr + 1e-12
         if scope == "justified":
-            df.loc[ranked & (df["source"] == "consensus"), "selected"] = True
-    df.loc[~eligible, "selected"] = False
-    df["selected"] = df["selected"].astype(bool)
-    return df
+            selected[ranked & ~justified & (df["source"] == "consensus").to_numpy(dtype=bool)] = True
+    selected[~eligible] = False
+    return df.assign(threshold=threshold, selected=selected)
 
 
 def select_pseudo_labels(votes: pd.DataFrame, justified: pd.DataFrame, responses: pd.DataFrame,
