@@ -12,12 +12,12 @@ are small: paths of tables and adapters, the answer type, selection statistics, 
 
 Both executors walk this one graph with `execute` and differ only in how they call a step:
 `semievol_core.pipeline.run_semievol` calls it in process; the Prefect flow `flows/evolve.py`
-makes each step a cached task (tasks/step.py). Steps with `each` fan out: `generate`
-runs once per shard of unlabeled questions, and each call is its own task run (and cache entry),
-so a crash loses at most one shard.
+makes each step a cached task (tasks/step.py). Steps with `each` fan out: `embed-unlabeled`,
+`generate` and `justify` run once per shard of unlabeled questions, and each call is its own task
+run (and cache entry), so a crash loses at most one shard.
 
-Paper terms: (1) in-weight propagation = train-warm; (2) in-context propagation = embed-*,
-retrieve-*; (3) collaborative learning = plan-shards, generate, collect, vote; (4) self-justification
+Paper terms: (1) in-weight propagation = train-warm; (2) in-context propagation = plan-shards, embed-*,
+retrieve-*; (3) collaborative learning = generate, collect, vote; (4) self-justification
 = justify; (5) adaptive selection = select; (6) final fine-tune = train-final (Eq. 9: union from
 the base, or the released code's continue-from-warm); (7) evaluate-<system>.
 """
@@ -116,7 +116,15 @@ def _embed(kind: str) -> Callable[..., dict]:
     return embed
 
 
-def _retrieve_unlabeled(cfg, run: Path, unlabeled: str, vecs_unlabeled: str, labeled: str,
+def _embed_unlabeled(cfg, run: Path, item: list[int], unlabeled: str,
+                     on_progress: Callable[[float], None] | None = None) -> dict:
+    """(2) A shard of the unlabeled questions embedded, named by its key directory like a
+    generation shard. One embedder call: the fan-out's progress moves a shard at a time."""
+    out = run / "embeddings" / "unlabeled" / f"shard-{run.name}.npy"
+    return {"vecs_unlabeled": str(steps.embed_shard(cfg, unlabeled, "unlabeled", item, out))}
+
+
+def _retrieve_unlabeled(cfg, run: Path, unlabeled: str, vecs_unlabeled: list[str], labeled: str,
                         vecs_labeled: str) -> dict:
     return {"neighbors": str(steps.find_neighbors(cfg, unlabeled, "unlabeled", vecs_unlabeled, labeled,
                                                   vecs_labeled, run / "neighbors.parquet"))}
@@ -254,15 +262,21 @@ STEPS: tuple[Step, ...] = (
          files=("labeled",)),
     Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("rounds",),
          files=("sft_adapter", "champion")),
+    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows",), files=("unlabeled",),  # execution, yet it sets the plan:
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
     *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("propagation.embedder",),
-           accelerator=True, task="embed", files=(kind,)) for kind in ("labeled", "unlabeled", "test")),
+           accelerator=True, task="embed", files=(kind,)) for kind in ("labeled", "test")),
+    # The unlabeled table, the one that grows, is embedded a generation shard at a time: the shards
+    # fan out to the workers, and a night's new rows are embedded alone.
+    Step("embed-unlabeled", _embed_unlabeled, ("shard_rows", "unlabeled"), ("vecs_unlabeled",),
+         config=("propagation.embedder",), accelerator=True, task="embed", each="shard_rows",
+         key=lambda cfg, inputs: steps.embedding_key(inputs["unlabeled"], "unlabeled", inputs["item"]),
+         keyed_by_content=("item", "unlabeled")),
     Step("retrieve-unlabeled", _retrieve_unlabeled, ("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled"),
          ("neighbors",), config=("propagation",), task="retrieve",
          files=("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled")),
     Step("retrieve-test", _retrieve_test, ("test", "vecs_test", "labeled", "vecs_labeled"), ("test_neighbors",),
          config=("propagation",), task="retrieve", files=("test", "vecs_test", "labeled", "vecs_labeled")),
-    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows",), files=("unlabeled",),  # execution, yet it sets the plan:
-         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
     Step("generate", _generate, ("shard_rows", "unlabeled", "labeled", "neighbors", "warm", "answer_type"),
          ("shards",), accelerator=True, each="shard_rows", key=_shard_key,
          keyed_by_content=("item", "unlabeled", "labeled", "neighbors", "warm"),

@@ -379,14 +379,53 @@ def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Pa
     return out
 
 
-def read_vectors(path: str | Path, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a 2-d .npy (embed_table's), read from the file alone: the rest is
-    never read, and, unlike a memory map, nothing stays counted in the process's RSS."""
+def embed_shard(cfg: SemiEvolConfig, table: str | Path, kind: str, rows: Sequence[int], out: str | Path) -> Path:
+    """The vectors of the table's rows [start, stop) (a generation shard's questions) as one .npy:
+    the unlabeled table is embedded a shard at a time, each its own cached task run, so the shards
+    spread over the workers and rows appended later are embedded alone (graph: embed-unlabeled)."""
+    from .data import read_rows
+
+    questions = read_rows(table, kind, *rows)["question"].tolist()
+    vecs = get_embedder(cfg).embed(questions) if questions else np.zeros((0, 0), dtype=np.float32)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(vecs))
+    return Path(out)
+
+
+def embedding_key(table: str | Path, kind: str, rows: Sequence[int]) -> str:
+    """What a shard's vectors depend on besides the embedder: its questions' text, in order."""
+    from .data import read_rows
+
+    h = hashlib.sha256()
+    for q in read_rows(table, kind, *rows)["question"]:
+        h.update(json.dumps(q).encode())
+    return h.hexdigest()
+
+
+def _npy_header(fh) -> tuple[tuple, np.dtype]:
     from numpy.lib import format as npy
 
+    version = npy.read_magic(fh)
+    shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)
+    return shape, dtype
+
+
+def read_vectors(path: str | Path | Sequence[str | Path], start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a 2-d .npy (embed_table's), or of the files of a list taken one after
+    another (embed_shard's, in row order), read from the files alone: the rest is never read, and,
+    unlike a memory map, nothing stays counted in the process's RSS."""
+    if not isinstance(path, (str, Path)):
+        pieces, offset = [], 0
+        for p in path:
+            with open(p, "rb") as fh:
+                rows = _npy_header(fh)[0][0]
+            if offset < stop and offset + rows > start:
+                pieces.append(read_vectors(p, max(start - offset, 0), min(stop - offset, rows)))
+            offset += rows
+        pieces = [v for v in pieces if v.size] or pieces[:1]
+        return np.concatenate(pieces) if pieces else np.zeros((0, 0), dtype=np.float32)
     with open(path, "rb") as fh:
-        version = npy.read_magic(fh)
-        shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)
+        shape, dtype = _npy_header(fh)
         width = shape[1] if len(shape) == 2 else 0
         start, stop = min(start, shape[0]), min(stop, shape[0])
         if not width or stop <= start:
@@ -395,10 +434,12 @@ def read_vectors(path: str | Path, start: int, stop: int) -> np.ndarray:
         return np.fromfile(fh, dtype=dtype, count=(stop - start) * width).reshape(stop - start, width)
 
 
-def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str, query_vecs: str | Path,
-                   labeled: str | Path, labeled_vecs: str | Path, out: str | Path) -> Path:
+def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str,
+                   query_vecs: str | Path | Sequence[str | Path], labeled: str | Path, labeled_vecs: str | Path,
+                   out: str | Path) -> Path:
     """The k labeled neighbours of every query row, searched EMBED_CHUNK queries at a time and
-    written one row group per chunk (read_neighbors reads a shard's chunk alone)."""
+    written one row group per chunk (read_neighbors reads a shard's chunk alone). `query_vecs`:
+    one .npy, or the shards' .npy files in row order (read_vectors)."""
     from .data import read_rows
 
     lab = read_table(labeled, "labeled")

@@ -22,7 +22,10 @@ def _cfg(model, **over) -> SemiEvolConfig:
 
 
 def _shards(run, kind) -> dict[str, int]:
-    return {f.name: f.stat().st_mtime_ns for f in (run / kind).glob("shard-*.parquet")}
+    return {f.name: f.stat().st_mtime_ns for f in (run / kind).glob("shard-*.*")}
+
+
+KINDS = ("embeddings/unlabeled", "responses", "justified")  # the per-shard outputs
 
 
 def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_dir, sentiment_dataset, tmp_path):
@@ -32,16 +35,16 @@ def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_di
     # night 0 had no champion: the SFT labelled the pool; make its SemiEvol adapter the champion
     first = reg.records()[0]["id"]
     reg.promote(first)
-    night0 = {kind: _shards(run, kind) for kind in ("responses", "justified")}
-    assert len(night0["responses"]) == len(night0["justified"]) == 3  # 10 rows in shards of 4
+    night0 = {kind: _shards(run, kind) for kind in KINDS}
+    assert [len(night0[kind]) for kind in KINDS] == [3, 3, 3]  # 10 rows in shards of 4
 
     # 3 new rows arrive as a new part: they get a shard of their own, the old shards stay
     unl, _ = split_oracle(pd.DataFrame(sentiment_rows(3, offset=5000)))
     append_part(unl, sentiment_dataset / "unlabeled", "unlabeled")
     report = run_semievol(sentiment_dataset, run, cfg, systems=["sft", "semievol"], registry=reg.root)
-    for kind in ("responses", "justified"):
+    for kind in KINDS:
         now = _shards(run, kind)
-        assert all(now.get(k) == v for k, v in night0[kind].items()), kind  # nothing answered again
+        assert all(now.get(k) == v for k, v in night0[kind].items()), kind  # nothing embedded or answered again
         assert len(now) == 3 + 1, kind  # one new shard: the 3 new rows
     assert report["selection"]["n_unlabeled"] == 13
     assert report["gate"]["against"] == "champion"  # the challenger met the champion

@@ -162,6 +162,38 @@ def test_embed_table_writes_chunk_by_chunk_the_npy_of_embedding_at_once(tmp_path
     assert np.load(empty).shape == (0, 0) and steps.read_vectors(empty, 0, 3).shape == (0, 0)
 
 
+def test_unlabeled_rows_embedded_by_shard_read_back_as_one_table(tmp_path, monkeypatch):
+    """embed_shard writes a shard's vectors; read_vectors over the shards' files in row order
+    gives any row range of the whole table's vectors, across shard boundaries, and
+    find_neighbors from the shard files equals find_neighbors from one file. A shard's key is
+    its questions' text: the same rows elsewhere in the table keep it, other text changes it."""
+    class Letters:
+        def embed(self, texts):
+            return np.array([[t.count(c) + 0.5 for c in "aeiou"] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(steps, "get_embedder", lambda cfg: Letters())
+    monkeypatch.setattr(steps, "EMBED_CHUNK", 4)
+    lab, unl, lab_path, unl_path, _ = _tables_and_vectors(tmp_path, 11, seed=2)
+    plan = [[0, 3], [3, 7], [7, 11]]
+    files = [steps.embed_shard(SemiEvolConfig(), unl_path, "unlabeled", rows, tmp_path / f"e{i}.npy")
+             for i, rows in enumerate(plan)]
+    whole = Letters().embed(unl["question"].tolist())
+    for start, stop in [(0, 11), (2, 5), (3, 7), (6, 8), (10, 11), (9, 20)]:
+        assert np.array_equal(steps.read_vectors(files, start, stop), whole[start:stop])
+    np.save(tmp_path / "whole.npy", whole)
+    np.save(tmp_path / "labeled.npy", Letters().embed(lab["question"].tolist()))
+    cfg = SemiEvolConfig(propagation={"k_demos": 2})
+    by_shard = steps.find_neighbors(cfg, unl_path, "unlabeled", files, lab_path, tmp_path / "labeled.npy",
+                                    tmp_path / "nb1.parquet")
+    at_once = steps.find_neighbors(cfg, unl_path, "unlabeled", tmp_path / "whole.npy", lab_path,
+                                   tmp_path / "labeled.npy", tmp_path / "nb2.parquet")
+    assert steps.load_frame(by_shard).equals(steps.load_frame(at_once))
+    key = steps.embedding_key(unl_path, "unlabeled", [3, 7])
+    moved = data.write_table(pd.concat([_unlabeled(2, 500), unl]), tmp_path / "moved.parquet", "unlabeled")
+    assert steps.embedding_key(moved, "unlabeled", [5, 9]) == key  # the same questions two rows later
+    assert steps.embedding_key(unl_path, "unlabeled", [3, 8]) != key
+
+
 def test_collect_vote_and_select_stream_by_shard_and_equal_the_whole_table_computation(tmp_path, monkeypatch):
     """13 questions in 3 generation shards, 4 collaborators + the kNN vote: responses.parquet
     holds one row group per shard with every response to its questions; votes come back a row

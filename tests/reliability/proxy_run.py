@@ -35,7 +35,7 @@ from fault_proxy import FaultProxy
 
 ATTEMPT_TIMEOUT = 10.0   # seconds: execution.request_timeout_seconds; a reply from vLLM on 2 busy cores fits
 WARM = "rand"            # the served LoRA standing in for the warm model
-STEPS = ("prepare", "embed-labeled", "embed-unlabeled", "retrieve-unlabeled", "plan-shards", "generate", "collect",
+STEPS = ("prepare", "plan-shards", "embed-labeled", "embed-unlabeled", "retrieve-unlabeled", "generate", "collect",
          "vote", "justify", "collect-justified", "select")
 TABLES = ("responses.parquet", "votes.parquet", "justified.parquet", "pseudo_labels.parquet")
 
