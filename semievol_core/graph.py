@@ -118,8 +118,9 @@ def _embed(kind: str) -> Callable[..., dict]:
 
 def _embed_unlabeled(cfg, run: Path, item: list[int], unlabeled: str,
                      on_progress: Callable[[float], None] | None = None) -> dict:
-    """(2) A shard of the unlabeled questions embedded, named by its key directory like a
-    generation shard. One embedder call: the fan-out's progress moves a shard at a time."""
+    """(2) An embedding shard of the unlabeled questions (`embed_rows`), named by its key
+    directory like a generation shard. One embedder call: the fan-out's progress moves a shard
+    at a time."""
     out = run / "embeddings" / "unlabeled" / f"shard-{run.name}.npy"
     return {"vecs_unlabeled": str(steps.embed_shard(cfg, unlabeled, "unlabeled", item, out))}
 
@@ -136,7 +137,13 @@ def _retrieve_test(cfg, run: Path, test: str, vecs_test: str, labeled: str, vecs
 
 
 def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
-    return {"shard_rows": steps.shard_plan(unlabeled, cfg.execution.shard_size, cfg.execution.max_shards)}
+    """The unlabeled rows' shards: generation's (and justification's), and embedding's, which are
+    bigger (at least EMBED_CHUNK rows, a quarter as many): a question costs the embedder a
+    fraction of what it costs the collaborators, and each shard is a task run to orchestrate."""
+    ex = cfg.execution
+    return {"shard_rows": steps.shard_plan(unlabeled, ex.shard_size, ex.max_shards),
+            "embed_rows": steps.shard_plan(unlabeled, max(ex.shard_size, steps.EMBED_CHUNK),
+                                           max(ex.max_shards // steps.GROWTH, 1))}
 
 
 def _generate(cfg, run: Path, item: list[int], unlabeled: str, labeled: str, neighbors: str, warm: str,
@@ -262,14 +269,14 @@ STEPS: tuple[Step, ...] = (
          files=("labeled",)),
     Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("rounds",),
          files=("sft_adapter", "champion")),
-    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows",), files=("unlabeled",),  # execution, yet it sets the plan:
+    Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows", "embed_rows"), files=("unlabeled",),  # execution, yet it sets the plan:
          key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
     *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("propagation.embedder",),
            accelerator=True, task="embed", files=(kind,)) for kind in ("labeled", "test")),
-    # The unlabeled table, the one that grows, is embedded a generation shard at a time: the shards
-    # fan out to the workers, and a night's new rows are embedded alone.
-    Step("embed-unlabeled", _embed_unlabeled, ("shard_rows", "unlabeled"), ("vecs_unlabeled",),
-         config=("propagation.embedder",), accelerator=True, task="embed", each="shard_rows",
+    # The unlabeled table, the one that grows, is embedded a shard at a time: the shards fan out to
+    # the workers, and a night's new rows are embedded alone.
+    Step("embed-unlabeled", _embed_unlabeled, ("embed_rows", "unlabeled"), ("vecs_unlabeled",),
+         config=("propagation.embedder",), accelerator=True, task="embed", each="embed_rows",
          key=lambda cfg, inputs: steps.embedding_key(inputs["unlabeled"], "unlabeled", inputs["item"]),
          keyed_by_content=("item", "unlabeled")),
     Step("retrieve-unlabeled", _retrieve_unlabeled, ("unlabeled", "vecs_unlabeled", "labeled", "vecs_labeled"),

@@ -380,7 +380,7 @@ def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Pa
 
 
 def embed_shard(cfg: SemiEvolConfig, table: str | Path, kind: str, rows: Sequence[int], out: str | Path) -> Path:
-    """The vectors of the table's rows [start, stop) (a generation shard's questions) as one .npy:
+    """The vectors of the table's rows [start, stop) (an embedding shard's questions) as one .npy:
     the unlabeled table is embedded a shard at a time, each its own cached task run, so the shards
     spread over the workers and rows appended later are embedded alone (graph: embed-unlabeled)."""
     from .data import read_rows

@@ -53,6 +53,13 @@ def test_a_million_row_part_makes_max_shards_shards(tmp_path):
     plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [1_000_000, 300]), cfg.shard_size, cfg.max_shards)
     assert len(plan) == 201 and plan[0] == [0, 5000] and plan[199] == [995000, 1000000]
     assert plan[200:] == [[1000000, 1000300]]
+    # embedding's shards: at least EMBED_CHUNK rows, at most max_shards / 4 a part: 50 of 20,000
+    from semievol_core.graph import BY_NAME
+
+    plans = BY_NAME["plan-shards"].run(SemiEvolConfig(), tmp_path, unlabeled=str(tmp_path / "u.parquet"))
+    assert plans["shard_rows"] == plan
+    assert len(plans["embed_rows"]) == 51 and plans["embed_rows"][0] == [0, 20_000]
+    assert plans["embed_rows"][-1] == [1_000_000, 1_000_300]
 
 
 def test_a_year_of_nightly_parts_makes_hundreds_of_shards(tmp_path):
