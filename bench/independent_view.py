@@ -1,6 +1,7 @@
 """Is there an embedding view that is right where the converged model is wrong? (issue 9, no LLM)
 
     .venv/bin/python bench/independent_view.py            # reads the 64-label seed-0 `w192` run
+    .venv/bin/python bench/independent_view.py --selection  # the probe as selection's view, 4 runs
 
 Session 5 found the kNN label vote (3 labeled neighbours) no better than chance on the rows the
 converged 64-label SFT gets wrong. Two stronger views from the same sentence embeddings, both
@@ -13,12 +14,19 @@ The model's answer on a row is the top letter of the warm model's letter log-pro
 response's raw text keeps. For each view: accuracy on the unlabeled pool and on the test rows,
 accuracy on the rows the model gets wrong, and how many labels a "trust the view over the model"
 rule would change for the better and for the worse. Writes bench/results/independent_view.json.
+
+`--selection` asks what the probe would do as selection's independent view instead of the kNN vote,
+on the four 64-label runs (seeds 0-2 with the 96-update warm model, seed 0's `w192` with the converged
+one): the recipe's selection (agreement with the kNN vote, class quotas from the prior, θ 0.5) next
+to agreement with the probe, with both, and with the probe and no H cut; selected count, accuracy
+from the oracle, class mix. Adds `selection` to the JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +93,61 @@ def probe_scores(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
+RUNS = [HERE / "runs" / "le" / n for n in ("b64-s0-recommended", "b64-s1-recommended", "b64-s2-recommended",
+                                           "b64-s0-recommended-w192")]
+
+
+def selection_views() -> list[dict]:
+    import pandas as pd
+
+    from semievol_core.selection import candidates, cut, select_pseudo_labels
+    from semievol_core.steps import load_frame
+
+    out = []
+    for run in RUNS:
+        lab_ids, lab_ans = _column(run / "data" / "labeled.parquet", "id", "answer")
+        unl_ids, = _column(run / "data" / "unlabeled.parquet", "id")
+        gold = dict(zip(*_column(run / "data" / "oracle.parquet", "id", "answer")))
+        y = np.array([LETTERS.index(a) for a in lab_ans])
+        scores = probe_scores(linear_probe(np.load(run / "embeddings" / "labeled.npy"), y),
+                              np.load(run / "embeddings" / "unlabeled.npy"))
+        probe = dict(zip(unl_ids, (LETTERS[i] for i in scores.argmax(1))))
+        votes, just, resp = (load_frame(run / f"{t}.parquet") for t in ("votes", "justified", "responses"))
+
+        def with_probe(agreement: str) -> pd.DataFrame:
+            c = candidates(votes, just, resp, agreement)
+            c["eligible"] = c["eligible"] & (c["unlabeled_id"].map(probe) == c["answer"])
+            return c
+
+        variants = {
+            "knn agreement (the recipe)": select_pseudo_labels(votes, just, resp, 0.5, agreement="knn",
+                                                               class_quota="prior", labeled_answers=lab_ans),
+            "probe agreement": cut(with_probe("none"), 0.5, class_quota="prior", labeled_answers=lab_ans),
+            "knn and probe agreement": cut(with_probe("knn"), 0.5, class_quota="prior", labeled_answers=lab_ans),
+            "probe agreement, no H cut": cut(with_probe("none"), 1.0),
+        }
+        for name, df in variants.items():
+            sel = df[df["selected"]]
+            mix = sel["answer"].value_counts(normalize=True)
+            out.append({"run": run.name, "view": name, "selected": len(sel),
+                        "accuracy": round(float(np.mean([gold[u] == a for u, a in zip(sel["unlabeled_id"], sel["answer"])])), 4),
+                        "class_mix": {c: round(float(mix.get(c, 0.0)), 3) for c in LETTERS},
+                        "probe_accuracy_unlabeled": round(float(np.mean([probe[u] == gold[u] for u in unl_ids])), 4)})
+    return out
+
+
 def main() -> None:
+    if "--selection" in sys.argv:
+        result = json.loads(OUT.read_text())
+        result["selection"] = selection_views()
+        OUT.write_text(json.dumps(result, indent=2) + "\n")
+        print("| run | view | selected | accuracy % | class mix A / B / C |")
+        print("|---|---|---:|---:|---|")
+        for r in result["selection"]:
+            print(f"| {r['run']} | {r['view']} | {r['selected']} | {100 * r['accuracy']:.1f} | "
+                  f"{' / '.join(str(v) for v in r['class_mix'].values())} |")
+        return
+
     emb = {k: np.load(RUN / "embeddings" / f"{k}.npy") for k in ("labeled", "unlabeled", "test")}
     lab_ids, lab_ans = _column(RUN / "data" / "labeled.parquet", "id", "answer")
     unl_ids, = _column(RUN / "data" / "unlabeled.parquet", "id")
