@@ -153,9 +153,11 @@ def main() -> None:
                    "knn_vote": t.get("embed", 0) + t.get("retrieve", 0), "sft": t.get("train-warm", 0)}
     records = []
     for system, m in report["systems"].items():
-        wall = t.get(f"evaluate-{system}", 0) + shared_cost.get(system, 0)
+        own = (f"evaluate-{system}", f"score-{system}")  # its evaluation shards and their score
+        wall = sum(t.get(k, 0) for k in own) + shared_cost.get(system, 0)
         if system == "semievol":
-            wall = total - sum(v for k, v in t.items() if k.startswith("evaluate-") and k != "evaluate-semievol")
+            wall = total - sum(v for k, v in t.items() if k.startswith(("evaluate-", "score-"))
+                               and k not in ("evaluate-semievol", "score-semievol"))
         records.append({"dataset": args.dataset, "system": system + (f"_{args.tag}" if args.tag else ""),
                         "accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
                         "n_test": m["n"], "n_labeled": n_lab,

@@ -9,12 +9,12 @@ walks that graph with every step as a cached task (tasks/step.py), exactly as
 need run. Outputs: each step's under `<out>/<step>/<key>/` with the task's cache entry beside them,
 and stable names (`<out>/warm_adapter`, `<out>/pseudo_labels.parquet`, ...) linked to the latest
 (semievol_core/store.py). A re-run on the same data executes no step;
-changing θ re-runs select, train-final and evaluate-semievol; changing the model re-runs training
+changing θ re-runs select, train-final and evaluate-semievol (and score-semievol); changing the model re-runs training
 and generation.
 Generation runs in shards of `cfg.execution.shard_size` questions, each its own cached task run,
 so a killed run loses at most the shard in flight. With `execution.workers` (a local cluster) or
-`execution.cluster` (a running one), the shards of generation and justification are submitted at
-once to Dask, or to Ray with `execution.engine: ray`, and run on its workers, each of which loads
+`execution.cluster` (a running one), the shards of embedding, generation, justification and
+evaluation are submitted at once to Dask, or to Ray with `execution.engine: ray`, and run on its workers, each of which loads
 the model once (flows/common.task_pool); a Dask worker lost mid-shard has its shard re-run on another. One run per
 `out_dir` at a time: a second one fails at once, naming the first one's pid (steps.run_dir_lock).
 

@@ -13,13 +13,14 @@ are small: paths of tables and adapters, the answer type, selection statistics, 
 Both executors walk this one graph with `execute` and differ only in how they call a step:
 `semievol_core.pipeline.run_semievol` calls it in process; the Prefect flow `flows/evolve.py`
 makes each step a cached task (tasks/step.py). Steps with `each` fan out: `embed-unlabeled`,
-`generate` and `justify` run once per shard of unlabeled questions, and each call is its own task
-run (and cache entry), so a crash loses at most one shard.
+`generate` and `justify` run once per shard of unlabeled questions, `evaluate-<system>` once per
+shard of test questions, and each call is its own task run (and cache entry), so a crash loses at
+most one shard.
 
 Paper terms: (1) in-weight propagation = train-warm; (2) in-context propagation = plan-shards, embed-*,
 retrieve-*; (3) collaborative learning = generate, collect, vote; (4) self-justification
 = justify; (5) adaptive selection = select; (6) final fine-tune = train-final (Eq. 9: union from
-the base, or the released code's continue-from-warm); (7) evaluate-<system>.
+the base, or the released code's continue-from-warm); (7) plan-test, evaluate-<system>, score-<system>.
 """
 
 from __future__ import annotations
@@ -213,37 +214,63 @@ def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, un
 # What an evaluation reads: k_demos (the demonstrations of rag_knn), not the embedder, which reaches
 # it as the test neighbours.
 EVALUATION_CONFIG = ("model", "system_prompt", "seed", "propagation.k_demos", "evaluation")
+# What a prediction reads: the same but the bootstrap, which only the scores use.
+PREDICTION_CONFIG = (*EVALUATION_CONFIG, "-evaluation.bootstrap_samples")
 # The systems (and the champion) that run with an adapter -> the value holding it.
 ADAPTER_OF = {"sft": "sft_adapter", "semievol": "semievol_adapter", "champion": "champion"}
+
+
+def _plan_test(cfg, run: Path, test: str) -> dict:
+    """The test rows' evaluation shards, planned as the unlabeled rows' generation shards."""
+    return {"test_rows": steps.shard_plan(test, cfg.execution.shard_size, cfg.execution.max_shards)}
 
 
 def _evaluate(system: str) -> Callable[..., dict]:
     adapter_input = ADAPTER_OF.get(system)
 
-    def evaluate(cfg, run: Path, test: str, answer_type: str, **inputs: str) -> dict:
+    def evaluate(cfg, run: Path, item: list[int], test: str, answer_type: str,
+                 on_progress: Callable[[float], None] | None = None, **inputs: str) -> dict:
+        """(7) One evaluation shard (test rows `item`), named by its key directory."""
         adapter = inputs.pop(adapter_input) if adapter_input else None
-        out = run / "predictions" / f"{system}.parquet"
-        m = steps.evaluate_system(cfg, system, test, answer_type, out, adapter=adapter, **inputs)
-        return {f"metrics_{system}": m, f"predictions_{system}": str(out)}
+        out = run / "predictions" / system / f"shard-{run.name}.parquet"
+        return {f"prediction_shards_{system}": str(steps.predict_shard(cfg, system, test, item, answer_type, out,
+                                                                       adapter=adapter, **inputs))}
     evaluate.__name__ = f"evaluate_{system}"
     return evaluate
 
 
-def _evaluate_step(system: str) -> Step:
-    """evaluate-<system>: each system reads only what it uses (vanilla: the test table alone), so
-    e.g. the vanilla evaluation's cache key does not depend on training or neighbours."""
+def _score(system: str) -> Callable[..., dict]:
+    def score(cfg, run: Path, answer_type: str, **inputs: list[str]) -> dict:
+        """The system's evaluation shards joined into predictions/<system>.parquet, and its metrics."""
+        out = run / "predictions" / f"{system}.parquet"
+        m = steps.score_predictions(cfg, inputs[f"prediction_shards_{system}"], answer_type, out)
+        return {f"metrics_{system}": m, f"predictions_{system}": str(out)}
+    score.__name__ = f"score_{system}"
+    return score
+
+
+def _evaluate_steps(system: str) -> tuple[Step, Step]:
+    """evaluate-<system>, fanned out by test shard, then score-<system>. Each system reads only what
+    it uses (vanilla: the test table alone), so e.g. the vanilla evaluation's cache key does not
+    depend on training or neighbours."""
     adapter = (ADAPTER_OF[system],) if system in ADAPTER_OF else ()
     nb = ("labeled", "test_neighbors") if system in NEIGHBOR_SYSTEMS else ()
-    return Step(f"evaluate-{system}", _evaluate(system), ("test", "answer_type", *adapter, *nb),
-                (f"metrics_{system}", f"predictions_{system}"), config=EVALUATION_CONFIG,
-                accelerator=system != "knn_vote", task="evaluate", files=("test", *adapter, *nb))
+    shards = f"prediction_shards_{system}"
+    return (Step(f"evaluate-{system}", _evaluate(system), ("test_rows", "test", "answer_type", *adapter, *nb),
+                 (shards,), config=PREDICTION_CONFIG, accelerator=system != "knn_vote", task="evaluate",
+                 each="test_rows", files=("test", *adapter, *nb)),
+            Step(f"score-{system}", _score(system), (shards, "answer_type"), (f"metrics_{system}", f"predictions_{system}"),
+                 config=("evaluation", "seed"), task="score", files=(shards,)))
 
 
 def _evaluate_champion(cfg, run: Path, test: str, answer_type: str, champion: str | None) -> dict:
-    """The registry's champion on this run's test questions (nothing when there is none yet)."""
+    """The registry's champion on this run's test questions, in one step (nothing when there is
+    none yet)."""
     if champion is None:
         return {"metrics_champion": None, "predictions_champion": None}
-    return _evaluate("champion")(cfg, run, test, answer_type, champion=champion)
+    out = run / "predictions" / "champion.parquet"
+    return {"metrics_champion": steps.evaluate_system(cfg, "champion", test, answer_type, out, adapter=champion),
+            "predictions_champion": str(out)}
 
 
 def _gate(cfg, run: Path, predictions_semievol: str, predictions_sft: str,
@@ -302,7 +329,9 @@ STEPS: tuple[Step, ...] = (
     Step("train-final", _train_final, ("labeled", "warm", "pseudo_labels", "unlabeled"), ("semievol_adapter",),
          config=(*TRAINING_CONFIG, "final"), accelerator=True,
          files=("labeled", "warm", "pseudo_labels", "unlabeled")),
-    *(_evaluate_step(system) for system in SYSTEMS),
+    Step("plan-test", _plan_test, ("test",), ("test_rows",), files=("test",),  # execution sets the plan, as for plan-shards
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
+    *(step for system in SYSTEMS for step in _evaluate_steps(system)),
     Step("evaluate-champion", _evaluate_champion, ("test", "answer_type", "champion"),
          ("metrics_champion", "predictions_champion"), config=EVALUATION_CONFIG, accelerator=True, task="evaluate",
          files=("test", "champion")),
@@ -360,12 +389,12 @@ def _closure(names: Iterable[str]) -> set[str]:
 
 
 def targets(systems: Sequence[str], pseudo_labels: bool = False, gate: bool = False) -> list[str]:
-    """The steps that answer for `systems` (their evaluations), plus selection if `pseudo_labels`,
+    """The steps that answer for `systems` (their scores), plus selection if `pseudo_labels`,
     plus the promotion gate if `gate` (it needs the semievol and sft evaluations)."""
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
-    return ([f"evaluate-{s}" for s in systems] + (["select"] if pseudo_labels else [])
+    return ([f"score-{s}" for s in systems] + (["select"] if pseudo_labels else [])
             + (["gate"] if gate else []))
 
 
@@ -376,7 +405,7 @@ def plan(systems: Sequence[str], pseudo_labels: bool = False, gate: bool = False
 
 
 def needed_by(step_name: str) -> frozenset[str]:
-    return frozenset(s for s in SYSTEMS if step_name in _closure([f"evaluate-{s}"]))
+    return frozenset(s for s in SYSTEMS if step_name in _closure([f"score-{s}"]))
 
 
 # ------------------------------------------------------------------------------ cache keys

@@ -798,15 +798,18 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_type: str, out: str | Path,
-                    adapter: str | Path | None = None, labeled: str | Path | None = None,
-                    test_neighbors: str | Path | None = None) -> dict:
-    """Predictions on the test table written to `out`; returns the metrics."""
-    tst = read_table(test, "test")
+def predict_shard(cfg: SemiEvolConfig, system: str, test: str | Path, rows: Sequence[int], answer_type: str,
+                  out: str | Path, adapter: str | Path | None = None, labeled: str | Path | None = None,
+                  test_neighbors: str | Path | None = None) -> Path:
+    """`system`'s predictions on the test rows [start, stop), written to `out` (one evaluation
+    shard: graph's evaluate-<system> fans out by them; score_predictions joins them)."""
+    from .data import read_rows
+
+    tst = read_rows(test, "test", *rows)
     if system in NEIGHBOR_SYSTEMS:
         if labeled is None or test_neighbors is None:
             raise ValueError(f"system {system!r} needs the labeled table and the test neighbours")
-        nb, lab = load_frame(test_neighbors), read_table(labeled, "labeled")
+        nb, lab = read_neighbors(test_neighbors, *rows, tst["id"].tolist()), read_table(labeled, "labeled")
     if system == "knn_vote":
         votes = knn_label_vote(nb, dict(zip(lab["id"], lab["answer"])))
         by_id = dict(zip(votes["unlabeled_id"], votes["answer"]))
@@ -822,8 +825,27 @@ def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_t
                         demos_by_id=demos, n_demos=cfg.propagation.k_demos if demos else 0,
                         mode=cfg.evaluation.mode, max_new_tokens=cfg.evaluation.max_new_tokens,
                         system=cfg.system_prompt)
+    return save_frame(preds, out)
+
+
+def score_predictions(cfg: SemiEvolConfig, shards: Sequence[str | Path], answer_type: str, out: str | Path) -> dict:
+    """The evaluation shards' predictions joined in order into `out`; returns the metrics."""
+    frames = [load_frame(s) for s in shards]
+    preds = (pd.concat(frames, ignore_index=True) if frames else
+             pd.DataFrame({c: pd.Series([], dtype=object) for c in ("id", "text", "answer", "parse_ok", "gold")})
+             .assign(correct=pd.Series([], dtype=bool)))
     save_frame(preds, out)
     return metrics(preds, answer_type, bootstrap_samples=cfg.evaluation.bootstrap_samples, seed=cfg.seed)
+
+
+def evaluate_system(cfg: SemiEvolConfig, system: str, test: str | Path, answer_type: str, out: str | Path,
+                    adapter: str | Path | None = None, labeled: str | Path | None = None,
+                    test_neighbors: str | Path | None = None) -> dict:
+    """Predictions on the whole (one-file) test table written to `out`; returns the metrics."""
+    rows = [0, pq.ParquetFile(test).metadata.num_rows]
+    out = predict_shard(cfg, system, test, rows, answer_type, out, adapter=adapter, labeled=labeled,
+                        test_neighbors=test_neighbors)
+    return metrics(load_frame(out), answer_type, bootstrap_samples=cfg.evaluation.bootstrap_samples, seed=cfg.seed)
 
 
 SIGNIFICANCE = 0.05  # McNemar p below which a difference counts as real

@@ -209,9 +209,14 @@ def _config_keys(cfg: SemiEvolConfig) -> dict[str, str]:
     ({"final": {"pseudo_weight": 0.5}}, {"train-final"}),
     ({"train": {"epochs": 2}}, {"train-warm", "train-final"}),
     ({"gate": {"alpha": 0.01}}, {"gate"}),
-    ({"evaluation": {"bootstrap_samples": 200}}, {"evaluate-vanilla", "evaluate-rag_knn", "evaluate-knn_vote",
-                                                  "evaluate-sft", "evaluate-semievol", "evaluate-champion",
+    # the bootstrap is the scores' alone: no prediction is made again
+    ({"evaluation": {"bootstrap_samples": 200}}, {"score-vanilla", "score-rag_knn", "score-knn_vote",
+                                                  "score-sft", "score-semievol", "evaluate-champion",
                                                   "evaluate-model", "gate"}),
+    ({"evaluation": {"max_new_tokens": 8}}, {"evaluate-vanilla", "evaluate-rag_knn", "evaluate-knn_vote",
+                                             "evaluate-sft", "evaluate-semievol", "score-vanilla", "score-rag_knn",
+                                             "score-knn_vote", "score-sft", "score-semievol", "evaluate-champion",
+                                             "evaluate-model", "gate"}),
 ])
 def test_a_step_key_follows_the_sections_the_step_reads(change, changed):
     base = _config_keys(SemiEvolConfig())

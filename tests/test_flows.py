@@ -100,8 +100,9 @@ def base_run(tiny_model_dir, tmp_path_factory):
 def test_first_run_executes_every_step_once(base_run):
     first = base_run["first"]
     assert first.count("generate") == 3 and first.count("justify") == 3  # one task run per shard
+    assert first.count("evaluate-semievol") == first.count("evaluate-vanilla") == 3  # 9 test rows in shards of 4
     for label in ("prepare", "train-warm", "collect", "vote", "collect-justified", "select",
-                  "train-final", "evaluate-semievol", "evaluate-vanilla"):
+                  "train-final", "plan-test", "score-semievol", "score-vanilla"):
         assert first.count(label) == 1, label
     report = json.loads((base_run["out"] / "report.json").read_text())
     assert set(report["systems"]) == set(steps.SYSTEMS)
@@ -164,8 +165,8 @@ def test_identical_rerun_executes_no_step_and_gives_the_same_report(base_run, ta
     # names a person can read in the UI: the flow run by date and dataset, task runs by what they do
     assert any(re.fullmatch(r"evolve-\d{4}-\d{2}-\d{2}-data", r.name) for r in flow_runs)
     assert task_names >= {"prepare", "train-warm", "embed-unlabeled-1/1", "retrieve-test", "generate-1/3",
-                          "generate-3/3", "justify-2/3", "select", "train-final", "evaluate-sft",
-                          "evaluate-semievol", "evaluate-knn_vote"}
+                          "generate-3/3", "justify-2/3", "select", "train-final", "evaluate-sft-1/3",
+                          "evaluate-semievol-3/3", "evaluate-knn_vote-2/3", "score-semievol"}
     # the selected classes by name (the questions all offer negative/neutral/positive)
     assert all(k[0] in "ABC" and k[1:3] == " (" for k in report["selection"]["selected_class_counts"])
     assert all(a.data == 100 for a in arts if a.key == "semievol-generate")  # every shard reported
@@ -179,8 +180,10 @@ def test_changing_theta_reruns_only_filter_final_train_and_semievol_eval(base_ru
 
     report = evolve(str(base_run["data"]), str(base_run["out"]), _cfg(tiny_model_dir, selection={"theta": 0.8}))
     executed = _executed(task_log)
-    # the gate re-runs only if the new predictions differ in bytes (a random tiny model may give the same)
-    assert sorted(e for e in executed if e != "gate") == ["evaluate-semievol", "select", "train-final"]
+    # the score and the gate re-run only if the new predictions differ in bytes (a random tiny model
+    # may give the same)
+    assert sorted(e for e in executed if e not in ("score-semievol", "gate")) == [
+        "evaluate-semievol"] * 3 + ["select", "train-final"]
     assert report["selection"]["n_selected"] > base_run["report"]["selection"]["n_selected"]
     assert report["systems"]["sft"] == base_run["report"]["systems"]["sft"]
 

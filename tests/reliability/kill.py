@@ -74,8 +74,8 @@ PHASES = (
     Phase("justification", "responses.parquet", "justified.parquet", ("vote", "justify", "collect-justified")),
     Phase("final training", "justified.parquet", "semievol_adapter", ("select", "train-final")),
     Phase("evaluation", "semievol_adapter", "report.json",
-          ("evaluate-vanilla", "evaluate-rag_knn", "evaluate-knn_vote", "evaluate-sft", "evaluate-semievol",
-           "evaluate-champion", "gate")),
+          ("plan-test", *(f"{step}-{system}" for system in ("vanilla", "rag_knn", "knn_vote", "sft", "semievol")
+                          for step in ("evaluate", "score")), "evaluate-champion", "gate")),
 )
 PHASE = {p.name: p for p in PHASES}  # in run order
 
