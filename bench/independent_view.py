@@ -1,6 +1,7 @@
 """Is there an embedding view that is right where the converged model is wrong? (issue 9, no LLM)
 
     .venv/bin/python bench/independent_view.py            # reads the 64-label seed-0 `w192` run
+    # (runs from before the embedding shards: they hold embeddings/unlabeled.npy)
     .venv/bin/python bench/independent_view.py --selection  # the probe as selection's view, 4 runs
 
 Session 5 found the kNN label vote (3 labeled neighbours) no better than chance on the rows the

@@ -271,7 +271,7 @@ def evolve(
     no_gate: Annotated[bool, typer.Option(
         "--no-gate", help="do not register the adapter or run the promotion gate")] = False,
     workers: Annotated[int | None, typer.Option(
-        min=0, help="run generation and justification shards on a Dask (or --engine ray) cluster of this "
+        min=0, help="run the embedding, generation, justification and evaluation shards on a Dask (or --engine ray) cluster of this "
         "many processes on this machine; shortcut for --set execution.workers=N")] = None,
     cluster: Annotated[str | None, typer.Option(
         metavar="ADDRESS", help="run them on the running cluster at ADDRESS (Dask: tcp://host:8786, "

@@ -100,7 +100,8 @@ class StepRunner:
     """The Prefect executor's way to run a graph step (a `semievol_core.graph.Call`): as a task
     cached under the step's key, its cache entry inside the step's key directory (tasks/step.py).
     Records which steps came from the cache and what they took when they were computed; a fan-out
-    step (generation shards) moves a progress artifact `semievol-<task>` after each element.
+    step (embedding, generation, justification or evaluation shards) moves a progress artifact
+    `semievol-<task>` after each element.
     With a `pool` (task_pool), a fan-out's elements are submitted to it all at once (`many`).
     `processes`: step -> {(host, pid): backends that process had built}, who answered."""
 

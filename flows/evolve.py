@@ -22,7 +22,8 @@ Artifacts (keys shared across runs, so the UI shows each one's history): `semiev
 (SemiEvol - SFT with its CI and McNemar p: better or not), `semievol-accuracy`
 (accuracy and 95% CI per system), `semievol-selection` (pseudo-label statistics: class mix by label
 name next to the labeled prior, labels removed per rule, accuracy when an oracle exists),
-`semievol-report` (report.md + where the outputs are), `semievol-generate` (progress).
+`semievol-report` (report.md + where the outputs are), `semievol-embed`, `semievol-generate`,
+`semievol-justify`, `semievol-evaluate` (progress of each fan-out).
 """
 
 from __future__ import annotations

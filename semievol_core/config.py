@@ -245,13 +245,13 @@ class ExecutionConfig(Section):
     token_budget: int = Field(default=16384, ge=1)
     concurrency: int = Field(default=8, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None: the library's default
-    # Unlabeled questions per cached generation shard, at least; a part of the dataset with more
-    # than shard_size x max_shards rows gets bigger shards, and a shard holds at least
-    # 1/(max_shards/4) of the rows before it, so a million rows make a few hundred task runs per
-    # fan-out step, not 8,000, however many parts they came in (steps.shard_plan).
+    # Questions per cached shard (embedding, generation, justification, evaluation), at least; a
+    # part of the dataset with more than shard_size x max_shards rows gets bigger shards, and a
+    # part's shards hold at least 1/(max_shards/4) of the rows before it, so a million rows make a
+    # few hundred task runs per fan-out step, not 8,000 (steps.shard_plan).
     shard_size: int = Field(default=128, ge=1)
     max_shards: int = Field(default=200, ge=1)
-    # Where the fan-out steps (generation and justification shards) run: in the flow's process
+    # Where the fan-out steps (embedding, generation, justification and evaluation shards) run: in the flow's process
     # (0 workers, no cluster), on `workers` processes on this machine, or on the running cluster at
     # `cluster`, through `engine`'s Prefect task runner: Dask (prefect-dask; a LocalCluster, or
     # "tcp://scheduler:8786" from dask-kubernetes, dask-jobqueue) or Ray (prefect-ray; a local Ray

@@ -138,13 +138,12 @@ def _retrieve_test(cfg, run: Path, test: str, vecs_test: str, labeled: str, vecs
 
 
 def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
-    """The unlabeled rows' shards: generation's (and justification's), and embedding's, which are
-    bigger (at least EMBED_CHUNK rows, a quarter as many): a question costs the embedder a
-    fraction of what it costs the collaborators, and each shard is a task run to orchestrate."""
+    """The unlabeled rows' shards: generation's (and justification's), and embedding's, a quarter
+    as many a part (a question costs the embedder a fraction of what it costs the collaborators,
+    and each shard is a task run to orchestrate)."""
     ex = cfg.execution
     return {"shard_rows": steps.shard_plan(unlabeled, ex.shard_size, ex.max_shards),
-            "embed_rows": steps.shard_plan(unlabeled, max(ex.shard_size, steps.EMBED_CHUNK),
-                                           max(ex.max_shards // steps.GROWTH, 1))}
+            "embed_rows": steps.shard_plan(unlabeled, ex.shard_size, max(ex.max_shards // steps.GROWTH, 1))}
 
 
 def _generate(cfg, run: Path, item: list[int], unlabeled: str, labeled: str, neighbors: str, warm: str,
@@ -297,7 +296,8 @@ STEPS: tuple[Step, ...] = (
     Step("pick-warm", _pick_warm, ("sft_adapter", "champion"), ("warm",), config=("rounds",),
          files=("sft_adapter", "champion")),
     Step("plan-shards", _plan_shards, ("unlabeled",), ("shard_rows", "embed_rows"), files=("unlabeled",),  # execution, yet it sets the plan:
-         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards},"
+                                 f"growth={steps.GROWTH}"),
     *(Step(f"embed-{kind}", _embed(kind), (kind,), (f"vecs_{kind}",), config=("propagation.embedder",),
            accelerator=True, task="embed", files=(kind,)) for kind in ("labeled", "test")),
     # The unlabeled table, the one that grows, is embedded a shard at a time: the shards fan out to
@@ -330,7 +330,8 @@ STEPS: tuple[Step, ...] = (
          config=(*TRAINING_CONFIG, "final"), accelerator=True,
          files=("labeled", "warm", "pseudo_labels", "unlabeled")),
     Step("plan-test", _plan_test, ("test",), ("test_rows",), files=("test",),  # execution sets the plan, as for plan-shards
-         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards}"),
+         key=lambda cfg, inputs: f"shard_size={cfg.execution.shard_size},max_shards={cfg.execution.max_shards},"
+                                 f"growth={steps.GROWTH}"),
     *(step for system in SYSTEMS for step in _evaluate_steps(system)),
     Step("evaluate-champion", _evaluate_champion, ("test", "answer_type", "champion"),
          ("metrics_champion", "predictions_champion"), config=EVALUATION_CONFIG, accelerator=True, task="evaluate",

@@ -174,6 +174,10 @@ def cut(df: pd.DataFrame, theta: float = 0.5, scope: str = "all", class_balance:
         source, _ = pd.factorize(df["source"])
         justified = (df["source"] == "justified").to_numpy(dtype=bool)
         pool = ranked if scope == "all" else ranked & justified
+        if class_balance:  # a row without an answer (or source) is in no cell, as in a groupby
+            pool = pool & (answer >= 0)
+        if source_balance:
+            pool = pool & (source >= 0)
         # The cells a quantile is taken in: the whole pool, or one per class and/or per source.
         cell = (answer if class_balance else 0) * (int(source.max(initial=0)) + 1) + (source if source_balance else 0)
         cell = np.broadcast_to(cell, len(df))

@@ -11,11 +11,12 @@ the process and is what a cache hit hands back.
 
 Run directory layout (`out/`):
     data/{labeled,unlabeled,test}.parquet   the (possibly sampled) tables the run used
-    embeddings/{labeled,unlabeled,test}.npy
+    embeddings/{labeled,test}.npy, embeddings/unlabeled/shard-<key>.npy (one per embedding shard)
     neighbors.parquet, test_neighbors.parquet
     warm_adapter/, semievol_adapter/        peft LoRA adapters (+ loss_curve.json)
     responses/shard-<key>.parquet           one file per generation shard (resumable)
     responses.parquet, votes.parquet, justified.parquet, pseudo_labels.parquet
+    predictions/<system>/shard-<key>.parquet one file per evaluation shard
     predictions/<system>.parquet, report.json, report.md, config.yaml
     .run.lock                               held by the run using the directory (run_dir_lock)
 """
@@ -350,46 +351,53 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
 
 # ---------------------------------------------------------------------------- 2. in-context propagation
 EMBED_CHUNK = 8192  # questions embedded (and searched) at a time: memory is a chunk, not the table
+CHUNK_KEY = b"semievol.chunk_queries"  # neighbours file metadata: queries per row group (read_neighbors)
 
 
-def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
-    """The table's question vectors as one .npy (the bytes np.save writes), embedded and appended a
-    chunk of questions at a time: a million questions are 1.5 GB on disk and a chunk in memory.
-    Plain writes, not a memory map, whose written pages would count in the process's RSS."""
+def _write_vectors(cfg: SemiEvolConfig, chunks: Iterable[list[str]], n: int, out: str | Path) -> Path:
+    """The vectors of `n` questions, given a chunk of question texts at a time, as one .npy (the
+    bytes np.save writes), appended with plain writes: memory is a chunk, and no memory map's
+    written pages count in the process's RSS."""
     from numpy.lib import format as npy
 
-    from .data import read_rows, table_parts
-
-    out, path = Path(out), Path(table)
-    parts = table_parts(path)
-    n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    out = Path(out)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         started = False
-        for part in parts:
-            rows = pq.ParquetFile(part).metadata.num_rows
-            for i in range(0, rows, EMBED_CHUNK):
-                chunk = get_embedder(cfg).embed(read_rows(part, kind, i, min(i + EMBED_CHUNK, rows))["question"].tolist())
-                if not started:
-                    npy.write_array_header_1_0(fh, {"descr": npy.dtype_to_descr(chunk.dtype), "fortran_order": False,
-                                                    "shape": (n, chunk.shape[1])})
-                    started = True
-                fh.write(np.ascontiguousarray(chunk).tobytes())
+        for questions in chunks:
+            chunk = get_embedder(cfg).embed(questions)
+            if not started:
+                npy.write_array_header_1_0(fh, {"descr": npy.dtype_to_descr(chunk.dtype), "fortran_order": False,
+                                                "shape": (n, chunk.shape[1])})
+                started = True
+            fh.write(np.ascontiguousarray(chunk).tobytes())
         if not started:  # no rows: an empty (0, 0) array, as embedding nothing gave before
             np.save(fh, np.zeros((0, 0), dtype=np.float32))
     return out
 
 
+def embed_table(cfg: SemiEvolConfig, table: str | Path, kind: str, out: str | Path) -> Path:
+    """The table's question vectors as one .npy, embedded EMBED_CHUNK questions at a time: a
+    million questions are 1.5 GB on disk and a chunk in memory."""
+    from .data import read_rows, table_parts
+
+    parts = table_parts(Path(table))
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    chunks = (read_rows(part, kind, i, min(i + EMBED_CHUNK, rows))["question"].tolist()
+              for part, rows in zip(parts, sizes) for i in range(0, rows, EMBED_CHUNK))
+    return _write_vectors(cfg, chunks, sum(sizes), out)
+
+
 def embed_shard(cfg: SemiEvolConfig, table: str | Path, kind: str, rows: Sequence[int], out: str | Path) -> Path:
-    """The vectors of the table's rows [start, stop) (an embedding shard's questions) as one .npy:
-    the unlabeled table is embedded a shard at a time, each its own cached task run, so the shards
-    spread over the workers and rows appended later are embedded alone (graph: embed-unlabeled)."""
+    """The vectors of the (one-file) table's rows [start, stop), an embedding shard, as one .npy,
+    embedded EMBED_CHUNK questions at a time: the unlabeled table is embedded a shard at a time,
+    each its own cached task run, so the shards spread over the workers and rows appended later
+    are embedded alone (graph: embed-unlabeled)."""
     from .data import read_rows
 
-    questions = read_rows(table, kind, *rows)["question"].tolist()
-    vecs = get_embedder(cfg).embed(questions) if questions else np.zeros((0, 0), dtype=np.float32)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(vecs))
-    return Path(out)
+    start, stop = rows
+    chunks = (read_rows(table, kind, i, min(i + EMBED_CHUNK, stop))["question"].tolist()
+              for i in range(start, stop, EMBED_CHUNK))
+    return _write_vectors(cfg, chunks, stop - start, out)
 
 
 def embedding_key(table: str | Path, kind: str, rows: Sequence[int]) -> str:
@@ -446,6 +454,7 @@ def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str,
     lab_vecs = np.load(labeled_vecs)
     n = pq.ParquetFile(queries).metadata.num_rows
     out = Path(out)
+    schema = NEIGHBOR_SCHEMA.with_metadata({**(NEIGHBOR_SCHEMA.metadata or {}), CHUNK_KEY: str(EMBED_CHUNK).encode()})
     with atomic_path(out) as tmp:
         writer = None
         for i in range(0, max(n, 1), EMBED_CHUNK):
@@ -453,9 +462,10 @@ def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str,
             nb = retrieve_neighbors(q["id"].tolist(), read_vectors(query_vecs, i, i + len(q)), lab["id"].tolist(), lab_vecs,
                                     k=cfg.propagation.k_demos, unlabeled_texts=q["question"].tolist(),
                                     labeled_texts=lab["question"].tolist())
-            table = pa.Table.from_pandas(nb, schema=NEIGHBOR_SCHEMA, preserve_index=False)
+            table = pa.Table.from_pandas(nb, schema=NEIGHBOR_SCHEMA, preserve_index=False).replace_schema_metadata(
+                schema.metadata)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, NEIGHBOR_SCHEMA)
+                writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table, row_group_size=max(1, len(table)))  # one row group per chunk, even empty
         writer.close()
     return out
@@ -463,9 +473,11 @@ def find_neighbors(cfg: SemiEvolConfig, queries: str | Path, query_kind: str,
 
 def read_neighbors(neighbors: str | Path, start: int, stop: int, ids: Sequence[str]) -> pd.DataFrame:
     """The neighbour rows of the query rows [start, stop) (with these `ids`): only the row groups
-    of the EMBED_CHUNK chunks they fall in are read."""
+    of the chunks of queries they fall in are read, by the chunk size find_neighbors wrote in the
+    file's metadata (EMBED_CHUNK for a file without it)."""
     f = pq.ParquetFile(neighbors)
-    groups = list(range(start // EMBED_CHUNK, min(-(-stop // EMBED_CHUNK), f.metadata.num_row_groups)))
+    chunk = int((f.schema_arrow.metadata or {}).get(CHUNK_KEY, EMBED_CHUNK))
+    groups = list(range(start // chunk, min(-(-stop // chunk), f.metadata.num_row_groups)))
     table = f.read_row_groups(groups) if groups else f.schema_arrow.empty_table()
     nb = table_frame(table)
     return nb[nb["unlabeled_id"].isin(set(ids))].reset_index(drop=True)
@@ -481,29 +493,30 @@ def demos_by_id(neighbors: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, lis
 
 
 # ---------------------------------------------------------------------------- 3. collaboration
-def shard_plan(unlabeled: str | Path, shard_size: int, max_shards: int) -> list[list[int]]:
-    """Row ranges [start, stop) of the run's unlabeled table, one per generation shard, in table
-    order. Read from the file's metadata alone (data.part_sizes). The plan is a function of the
-    data and the config, never of the machine's speed, since it is part of every shard's cache key.
+def shard_plan(table: str | Path, shard_size: int, max_shards: int) -> list[list[int]]:
+    """Row ranges [start, stop) of a run's table (the unlabeled rows' shards for embedding,
+    generation and justification, the test rows' for evaluation), in table order. Read from the
+    file's metadata alone (data.part_sizes). The plan is a function of the data and the config,
+    never of the machine's speed, since it is part of every shard's cache key. Rows appended later
+    never change a shard answered before, but for at most shard_size - 1 rows (below).
 
-    Shards grow with the rows before them: one starting at row `a` holds at least
-    floor(a) = max(shard_size, a / (max_shards / GROWTH)) rows, bar a part's last shard, which
-    holds what is left of the part. So a table of any size makes a few hundred shards, and a
-    shard's rows depend only on what comes before it:
-    - A part of at least shard_size rows gets its own shards, never across two parts, of
-      floor(its start) rows, or of rows / max_shards if that is more (a million-row part: 200
-      shards of 5,000). Rows appended later (a new part) land in new shards, so every shard of
-      rows answered before keeps its content and its key. A million rows as 100 nightly parts of
-      10,000 make ~380 shards.
-    - Smaller parts (a directory of many small files) are packed with their neighbours until the
-      group holds floor(its start) rows. Appending parts leaves every closed group as it was; only
-      a trailing open group grows and is answered again. A million rows in parts of 100 make ~270
-      shards, not 10,000."""
+    - A part of at least shard_size rows gets its own shards, never across two parts: of
+      shard_size rows, or rows / max_shards (a million-row part: 200 shards of 5,000), or
+      start / (max_shards // GROWTH) rows (with start the rows before the part), whichever is
+      most, the last shard holding what is left. So shards grow with the table: a million rows as
+      100 nightly parts of 10,000 make ~380 shards, not 7,900. A part's shards depend only on its
+      size and start, so appending parts leaves them as they were.
+    - Smaller parts are packed with their neighbours into groups of at least shard_size rows.
+      Appending parts leaves every closed group as it was; a trailing open group (fewer than
+      shard_size rows) grows and is answered again. Packing stops there and does not grow with the
+      table: a bigger open group would be answered again each night. So task runs follow the
+      number of small parts: a million rows in parts of 100 make 5,000 shards (ingest makes a
+      part of each file: combine small files first)."""
     from .data import part_sizes
 
     per = max(max_shards // GROWTH, 1)
     plan, start, group = [], 0, None  # group: [first row, stop] of small parts being packed
-    for rows in part_sizes(unlabeled):
+    for rows in part_sizes(table):
         if rows >= shard_size:
             if group:
                 plan.append(group)
@@ -513,14 +526,14 @@ def shard_plan(unlabeled: str | Path, shard_size: int, max_shards: int) -> list[
         elif rows:
             group = group or [start, start]
             group[1] += rows
-            if group[1] - group[0] >= max(shard_size, group[0] // per):
+            if group[1] - group[0] >= shard_size:
                 plan.append(group)
                 group = None
         start += rows
     return plan + ([group] if group else [])
 
 
-GROWTH = 4  # a shard is at least 1/(max_shards/GROWTH) of the rows before it (shard_plan)
+GROWTH = 4  # a part's shards hold at least 1/(max_shards // GROWTH) of the rows before it (shard_plan)
 
 
 # The config a shard's responses depend on (collaboration.py reads it; graph: the generate step).

@@ -213,9 +213,10 @@ def encode_examples(tokenizer, examples, max_length: int) -> list[dict[str, list
 
 
 def encode_texts(tokenizer, examples, max_length: int) -> list[dict[str, list[int]]]:
-    """input_ids and labels (the same ids: every token is a target) of each row's question text,
-    followed by the tokenizer's EOS, for task-adaptive pre-training. A text longer than max_length
-    keeps its start (there is no answer at the end to keep)."""
+    """input_ids and labels of each row's question text, followed by the tokenizer's EOS, for
+    task-adaptive pre-training: every token is a target but the first, which nothing before it
+    predicts (PadCollator left-pads, so its label would be read off a padding column). A text
+    longer than max_length keeps its start (there is no answer at the end to keep)."""
     check_examples(examples, TEXT_COLUMNS)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
@@ -223,7 +224,7 @@ def encode_texts(tokenizer, examples, max_length: int) -> list[dict[str, list[in
         if text is None or not str(text).strip():
             raise ValueError(f"example {i}: empty question")
         ids = (tokenizer(str(text), add_special_tokens=False)["input_ids"] + eos)[:max_length]
-        out.append({"input_ids": ids, "labels": list(ids)})
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] + ids[1:]})
     return out
 
 
@@ -505,6 +506,8 @@ def train_lora(
     (task-adaptive pre-training, see the module docstring).
     """
     cfg = cfg or TrainConfig()
+    if objective not in ("answer", "text"):
+        raise ValueError(f"objective must be 'answer' or 'text', got {objective!r}")
     check_examples(examples, REQUIRED_COLUMNS if objective == "answer" else TEXT_COLUMNS)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

@@ -6,7 +6,7 @@
     res["outputs"]["votes"], res["seconds"]
 
 The task is named after the step's task ("embed", "generate", "evaluate"; the UI's task-run names
-say which: "embed-test", "generate-3/11", "evaluate-sft"). Its cache key is the step's own key
+say which: "embed-test", "generate-3/11", "evaluate-sft-2/4", "score-sft"). Its cache key is the step's own key
 (`semievol_core.graph.step_key`, computed once by `graph.execute` and passed in): the cache entry
 is a file inside the step's key directory, `<run>/<step>/<key>/.prefect-<wrapper>`, so it lives and
 dies with the outputs it names (semievol_core/store.py); `<wrapper>` is this module's task source,

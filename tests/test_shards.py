@@ -90,14 +90,16 @@ def test_small_parts_are_packed_and_appending_parts_keeps_every_closed_group(tmp
     assert after[-1][1] == 40 * 5 + 30 * 7
 
 
-def test_a_million_rows_in_small_parts_make_hundreds_of_shards_not_one_per_part(tmp_path):
-    """10,000 parts of 100 rows (a directory of small files) with the default shard_size and
-    max_shards: a few hundred shards, the later ones bigger, covering every row once."""
+def test_small_parts_are_packed_to_shard_size_and_never_more(tmp_path):
+    """Packing stops at shard_size rows whatever the table's size, so a night of a few small
+    parts answers again at most one open group of fewer than shard_size old rows: 10,000 parts
+    of 100 rows make 5,000 shards of 200, and 3 more parts of 100 change only the last group."""
     cfg = SemiEvolConfig().execution
-    plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [100] * 10_000), cfg.shard_size, cfg.max_shards)
-    assert 100 <= len(plan) <= 400
-    assert plan[0] == [0, 200] and plan[-1][1] == 1_000_000 and all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
-    assert all(stop - start >= cfg.shard_size for start, stop in plan)
+    plan = steps.shard_plan(_sizes_file(tmp_path / "u.parquet", [100] * 10_001), cfg.shard_size, cfg.max_shards)
+    assert len(plan) == 5_001 and plan[-1] == [1_000_000, 1_000_100]  # the open group: one part
+    assert all(stop - start == 200 for start, stop in plan[:-1])
+    more = steps.shard_plan(_sizes_file(tmp_path / "v.parquet", [100] * 10_004), cfg.shard_size, cfg.max_shards)
+    assert more[:5_000] == plan[:5_000] and more[5_000:] == [[1_000_000, 1_000_200], [1_000_200, 1_000_400]]
 
 
 def test_read_rows_decodes_only_the_row_groups_of_the_range(tmp_path, monkeypatch):
@@ -139,11 +141,13 @@ def test_neighbors_written_by_chunk_are_read_back_per_shard(tmp_path, monkeypatc
     whole = retrieve_neighbors(unl["id"].tolist(), vecs["unlabeled"], lab["id"].tolist(), vecs["labeled"], k=2,
                                unlabeled_texts=unl["question"].tolist(), labeled_texts=lab["question"].tolist())
     pd.testing.assert_frame_equal(steps.load_frame(out), steps.load_frame(steps.save_frame(whole, tmp_path / "w.parquet")))
-    for start, stop in [(0, 2), (3, 6), (7, 11), (0, 11)]:
-        ids = unl["id"].iloc[start:stop].tolist()
-        got = steps.read_neighbors(out, start, stop, ids)
-        want = whole[whole["unlabeled_id"].isin(ids)].reset_index(drop=True)
-        assert got.to_dict("list") == want.to_dict("list")
+    for chunk in (4, 1000):  # the file says its own chunk size: a later EMBED_CHUNK does not matter
+        monkeypatch.setattr(steps, "EMBED_CHUNK", chunk)
+        for start, stop in [(0, 2), (3, 6), (7, 11), (0, 11)]:
+            ids = unl["id"].iloc[start:stop].tolist()
+            got = steps.read_neighbors(out, start, stop, ids)
+            want = whole[whole["unlabeled_id"].isin(ids)].reset_index(drop=True)
+            assert got.to_dict("list") == want.to_dict("list")
 
 
 def test_embed_table_writes_chunk_by_chunk_the_npy_of_embedding_at_once(tmp_path, monkeypatch):

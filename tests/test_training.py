@@ -184,9 +184,9 @@ def test_text_examples_make_every_question_token_a_target(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = pd.DataFrame({"question": ["Shares rose.", "Profit fell sharply in the third quarter."]})
     for (text,), ex in zip(texts.itertuples(index=False), encode_texts(tok, texts, max_length=512)):
-        # the question's own tokens then EOS, all of them targets: no template, no answer
+        # the question's own tokens then EOS, all of them targets but the first: no template, no answer
         assert ex["input_ids"] == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        assert ex["labels"] == ex["input_ids"]
+        assert ex["labels"] == [IGNORE_INDEX] + ex["input_ids"][1:]
     assert len(encode_texts(tok, texts.iloc[1:], max_length=3)[0]["input_ids"]) == 3  # the start is kept
     with pytest.raises(ValueError, match="example 1: empty question"):
         encode_texts(tok, pd.DataFrame({"question": ["fine", " "]}), max_length=512)

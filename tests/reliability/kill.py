@@ -135,9 +135,9 @@ def clean_run(setup: Setup) -> Clean:
     cfg = setup.cfg()
     report = run_semievol(setup.data, out / "run", cfg, registry=out / "registry")
     steps.unload_backends()
-    shards = len(steps.shard_plan(out / "run" / "data" / "unlabeled.parquet", cfg.execution.shard_size,
-                                  cfg.execution.max_shards))
-    runs = Counter({s.name: shards if s.each else 1 for s in graph.plan(graph.SYSTEMS, gate=True)})
+    # task runs per step: one, or one per element of a fan-out (its key directories in the clean run)
+    done = completed_tasks(out / "run")
+    runs = Counter({s.name: done[s.name] if s.each else 1 for s in graph.plan(graph.SYSTEMS, gate=True)})
     return Clean(out / "run", report, runs)
 
 
