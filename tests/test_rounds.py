@@ -7,7 +7,6 @@ from __future__ import annotations
 import pandas as pd
 
 from conftest import sentiment_rows
-from semievol_core import steps
 from semievol_core.config import SemiEvolConfig
 from semievol_core.data import append_part, split_oracle
 from semievol_core.pipeline import run_semievol
@@ -29,9 +28,7 @@ def _shards(run, kind) -> dict[str, int]:
 KINDS = ("embeddings/unlabeled", "responses", "justified")  # the per-shard outputs
 
 
-def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_dir, sentiment_dataset, tmp_path,
-                                                                   monkeypatch):
-    monkeypatch.setattr(steps, "EMBED_CHUNK", 4)  # embedding shards of at least 4 rows, like generation's
+def test_a_night_answers_only_new_rows_and_the_refresh_answers_all(tiny_model_dir, sentiment_dataset, tmp_path):
     run, reg = tmp_path / "nightly", Registry(tmp_path / "registry")
     cfg = _cfg(tiny_model_dir)
     run_semievol(sentiment_dataset, run, cfg, systems=["sft", "semievol"], registry=reg.root)
