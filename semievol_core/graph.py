@@ -138,12 +138,13 @@ def _retrieve_test(cfg, run: Path, test: str, vecs_test: str, labeled: str, vecs
 
 
 def _plan_shards(cfg, run: Path, unlabeled: str) -> dict:
-    """The unlabeled rows' shards: generation's (and justification's), and embedding's, a quarter
-    as many a part (a question costs the embedder a fraction of what it costs the collaborators,
-    and each shard is a task run to orchestrate)."""
+    """The unlabeled rows' shards: generation's (and justification's), and embedding's, GROWTH
+    times bigger and at most a GROWTH-th as many a part: a question costs the embedder a fraction
+    of what it costs the collaborators, and each shard is a task run to orchestrate (~0.5 s)."""
     ex = cfg.execution
     return {"shard_rows": steps.shard_plan(unlabeled, ex.shard_size, ex.max_shards),
-            "embed_rows": steps.shard_plan(unlabeled, ex.shard_size, max(ex.max_shards // steps.GROWTH, 1))}
+            "embed_rows": steps.shard_plan(unlabeled, ex.shard_size * steps.GROWTH,
+                                           max(ex.max_shards // steps.GROWTH, 1))}
 
 
 def _generate(cfg, run: Path, item: list[int], unlabeled: str, labeled: str, neighbors: str, warm: str,
