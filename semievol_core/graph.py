@@ -117,11 +117,9 @@ def _embed(kind: str) -> Callable[..., dict]:
     return embed
 
 
-def _embed_unlabeled(cfg, run: Path, item: list[int], unlabeled: str,
-                     on_progress: Callable[[float], None] | None = None) -> dict:
+def _embed_unlabeled(cfg, run: Path, item: list[int], unlabeled: str) -> dict:
     """(2) An embedding shard of the unlabeled questions (`embed_rows`), named by its key
-    directory like a generation shard. One embedder call: the fan-out's progress moves a shard
-    at a time."""
+    directory like a generation shard."""
     out = run / "embeddings" / "unlabeled" / f"shard-{run.name}.npy"
     return {"vecs_unlabeled": str(steps.embed_shard(cfg, unlabeled, "unlabeled", item, out))}
 
@@ -228,8 +226,7 @@ def _plan_test(cfg, run: Path, test: str) -> dict:
 def _evaluate(system: str) -> Callable[..., dict]:
     adapter_input = ADAPTER_OF.get(system)
 
-    def evaluate(cfg, run: Path, item: list[int], test: str, answer_type: str,
-                 on_progress: Callable[[float], None] | None = None, **inputs: str) -> dict:
+    def evaluate(cfg, run: Path, item: list[int], test: str, answer_type: str, **inputs: str) -> dict:
         """(7) One evaluation shard (test rows `item`), named by its key directory."""
         adapter = inputs.pop(adapter_input) if adapter_input else None
         out = run / "predictions" / system / f"shard-{run.name}.parquet"

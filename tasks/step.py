@@ -59,7 +59,10 @@ def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any
     ran = done is None
     if ran:  # not finished before: run it, holding the device if it needs one
         record_execution(s.name)
-        execution = {"on_progress": _progress_mover(progress)} if progress else {}
+        # only a step that reports its own progress takes the mover (generate, justify); the
+        # runner moves the others' artifact a shard at a time
+        takes = "on_progress" in inspect.signature(s.run).parameters
+        execution = {"on_progress": _progress_mover(progress)} if progress and takes else {}
         with gpu_slot() if s.accelerator else nullcontext():
             graph.run_keyed(s, cfg, run_dir, inputs, key, **execution)
         done = store.load_done(d, run_dir)
