@@ -211,15 +211,49 @@ def oracle_pseudo_labels(run: Path, which: str) -> Path:
     return out
 
 
+def teacher_pseudo_labels(run: Path, accuracy: float | None, seed: int) -> tuple[Path, float]:
+    """Every unlabeled row labelled by a simulated teacher that is right on `accuracy` of them:
+    the warm model's top letter (from the letter log-probs each response keeps), with a seeded
+    random share of its wrong rows replaced by the true answer. `None`: the model's own labels
+    (plain self-training). The teacher is never wrong where the model is right, so this is the most
+    useful teacher of that accuracy. Returns the table and the teacher's accuracy on the pool."""
+    import numpy as np
+    import pandas as pd
+
+    from semievol_core.steps import save_frame
+
+    resp = pd.read_parquet(run / "responses.parquet", columns=["unlabeled_id", "model", "text"])
+    resp = resp[resp["model"] == "warm"].drop_duplicates("unlabeled_id").reset_index(drop=True)
+    scores = resp["text"].str.extractall(r"([A-Z])=(-?[0-9.]+)").reset_index()
+    scores[1] = scores[1].astype(float)
+    top = scores.loc[scores.groupby("level_0")[1].idxmax()].set_index("level_0")[0]
+    labels = pd.Series(top.to_numpy(), index=resp["unlabeled_id"].to_numpy()[top.index])
+    truth = pd.read_parquet(run / "data" / "oracle.parquet").set_index("id")["answer"].loc[labels.index]
+    wrong = np.flatnonzero(labels.to_numpy() != truth.to_numpy())
+    if accuracy is not None:
+        n_fix = max(0, round(accuracy * len(labels)) - (len(labels) - len(wrong)))
+        fix = np.random.default_rng(seed).choice(wrong, size=min(n_fix, len(wrong)), replace=False)
+        labels.iloc[fix] = truth.iloc[fix].to_numpy()
+    acc = float((labels.to_numpy() == truth.to_numpy()).mean())
+    pl = pd.DataFrame({"unlabeled_id": labels.index, "answer": labels.to_numpy(), "source": "teacher",
+                       "H": 0.0, "threshold": float("nan"), "selected": True})
+    name = "own" if accuracy is None else f"{round(100 * accuracy)}"
+    out = run / f"teacher_{name}_pseudo_labels.parquet"
+    save_frame(pl, out)
+    return out, acc
+
+
 def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
                   oracle: bool = False, gold_only: bool = False, tag: str | None = None,
-                  warm_from: Path | None = None) -> list[dict]:
+                  warm_from: Path | None = None, teachers: list[float | None] = ()) -> list[dict]:
     """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
     (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
     the released code's "continue" with the labeled rows kept in). Same start, same updates: the
     difference is the pseudo-labels alone. `oracle` adds two arms with true answers in place of the
     pseudo-labels: on the selected rows (`oracle_selected_continue<steps>`) and on every unlabeled
-    row (`oracle_all_continue<steps>`)."""
+    row (`oracle_all_continue<steps>`). `teachers` (accuracies, None for the model's own labels)
+    replace the pseudo-labelled arm with arms on every unlabeled row labelled by a simulated teacher
+    (`teacher<A>_continue<steps>`, `teacher_own_...`); the gold-only arm is re-used when trained."""
     from semievol_core import steps as core
 
     run, sfx = run_dir(n, seed, recipe, tag), f"_{tag}" if tag else ""
@@ -231,18 +265,33 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
         arms = {f"sft{sfx}_plus{steps}": None}
     elif oracle:
         arms.update({f"oracle_{w}{sfx}_continue{steps}": oracle_pseudo_labels(run, w) for w in ("selected", "all")})
+    teacher_acc: dict[str, float] = {}
+    if teachers:
+        arms = {f"sft{sfx}_plus{steps}": None}
+        for a in teachers:
+            system = f"teacher_{'own' if a is None else round(100 * a)}{sfx}_continue{steps}"
+            arms[system], teacher_acc[system] = teacher_pseudo_labels(run, a, seed)
     out, preds = [], {}
     for system, pseudo in arms.items():
         t0 = time.perf_counter()
-        adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], run / f"{system}_adapter",
+        preds[system] = run / "predictions" / f"{system}.parquet"
+        adapter = run / f"{system}_adapter"
+        if teachers and pseudo is None and preds[system].exists():  # the gold-only arm, trained before
+            out.append(None)
+            continue
+        adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], adapter,
                                      init_adapter=warm, pseudo_labels=pseudo,
                                      unlabeled=d / "unlabeled.parquet" if pseudo else None)
-        preds[system] = run / "predictions" / f"{system}.parquet"
         m = core.evaluate_system(cfg, "sft", test, answer_type, preds[system], adapter=adapter)
         out.append(record(n, seed, system, m, wall_s=round(time.perf_counter() - t0, 1),
-                          start=str(warm), extra_steps=steps, **adapter_facts(adapter)))
+                          start=str(warm), extra_steps=steps, **adapter_facts(adapter),
+                          **({"teacher_accuracy": teacher_acc[system]}
+                             if system in teacher_acc else {})))
     sft_arm = preds[f"sft{sfx}_plus{steps}"]
-    for r in out[1:]:  # each pseudo-labelled arm against gold only, paired
+    out = [r for r in out if r is not None]
+    for r in out:  # each pseudo-labelled arm against gold only, paired
+        if r["system"] == f"sft{sfx}_plus{steps}":
+            continue
         r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.evaluation.bootstrap_samples, cfg.seed)
     return out
 
@@ -406,6 +455,9 @@ def main() -> None:
                     help="with --continue-steps: add arms trained on the true answers (oracle)")
     ap.add_argument("--gold-only", action="store_true",
                     help="with --continue-steps: only the gold-only arm (the converged SFT)")
+    ap.add_argument("--teacher", metavar="A[,A]",
+                    help="with --continue-steps: arms on every unlabeled row labelled by a simulated teacher "
+                         "right on A of them (0.9, 1.0; 'own': the warm model's labels)")
     ap.add_argument("--tag", help="name of a recipe variant: run dir <...>-TAG, systems <system>_TAG")
     ap.add_argument("--warm-from", type=Path, metavar="ADAPTER",
                     help="with --recipe: this adapter labels the pool (the registry-champion path)")
@@ -429,7 +481,9 @@ def main() -> None:
     if args.recipe and args.continue_steps:
         new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
                              oracle=args.oracle, gold_only=args.gold_only,
-                             tag=args.tag, warm_from=args.warm_from)
+                             tag=args.tag, warm_from=args.warm_from,
+                             teachers=[None if a == "own" else float(a)
+                                       for a in (args.teacher.split(",") if args.teacher else [])])
     elif args.recipe:
         new += recipe_cell(args.labeled, args.seed, args.recipe, args.set, tag=args.tag,
                            warm_from=args.warm_from, final=not args.no_final)

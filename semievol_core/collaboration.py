@@ -3,7 +3,9 @@
     collabs = plan_collaborators(n=4, k=3, seed=0)            # e.g. warm-3shot, base-0shot, ...
     responses = generate_responses(backend, questions, demos_by_id, collabs, warm_adapter, cfg)
 
-A collaborator is one configuration {base, warm model} x {0..k demonstrations}. Collaborators with
+A collaborator is one configuration {base, warm model} x {0..k demonstrations}; a config may also
+list {model: teacher} collaborators, answered by another model on `teacher_backend`
+(collaboration.teacher, no adapter). Collaborators with
 the same configuration are merged into one backend call with n samples, so their prompt is
 prefilled once. Every raw reply is kept with its parsed answer and its mean token NLL H.
 
@@ -75,9 +77,11 @@ def generate_responses(
     cfg: SemiEvolConfig,
     answer_type: str,
     on_progress: Callable[[float], None] | None = None,
+    teacher_backend: Backend | None = None,
 ) -> pd.DataFrame:
     """One row per (question, collaborator sample): see RESPONSE_COLUMNS. on_progress(fraction)
-    is called after each collaborator group (a group = one model and demo count)."""
+    is called after each collaborator group (a group = one model and demo count). Teacher
+    collaborators answer on `teacher_backend`."""
     rows: list[tuple] = []
     groups = Counter(collaborators)
     for done, (collab, count) in enumerate(sorted(groups.items(), key=lambda kv: kv[0].name), start=1):
@@ -86,14 +90,17 @@ def generate_responses(
         adapter = warm_adapter if collab.model == "warm" else None
         if collab.model == "warm" and warm_adapter is None:
             raise ValueError("a warm collaborator needs the warm adapter")
+        if collab.model == "teacher" and teacher_backend is None:
+            raise ValueError("a teacher collaborator needs the teacher's backend (collaboration.teacher)")
+        on = teacher_backend if collab.model == "teacher" else backend
         chats = _chats(questions, demos_by_id, collab.n_demos, cfg.system_prompt)
         seed = _stable_seed(cfg.seed, collab.name)
         if cfg.collaboration.mode == "choice_logprobs" and answer_type == "choice":
-            rows += _answer_by_letters(backend, questions, chats, collab, count, adapter, cfg, seed)
+            rows += _answer_by_letters(on, questions, chats, collab, count, adapter, cfg, seed)
             continue
         sampling = Sampling(n=count, temperature=cfg.collaboration.temperature,
                             max_tokens=cfg.collaboration.max_new_tokens, seed=seed)
-        gens = backend.generate(chats, sampling, adapter=adapter)
+        gens = on.generate(chats, sampling, adapter=adapter)
         for uid, opts, samples in zip(questions["id"], questions["options"], gens):
             for s, g in enumerate(samples):
                 parsed = parse_answer(g.text, answer_type, opts)

@@ -51,10 +51,12 @@ class Section(BaseModel):
 
 
 class Collaborator(BaseModel):
-    """One collaborator: which model answers, with how many retrieved demonstrations."""
+    """One collaborator: which model answers, with how many retrieved demonstrations. "base" and
+    "warm" are the run's model without and with the warm adapter; "teacher" is
+    collaboration.teacher, another (stronger) model, run where execution.teacher_backend says."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    model: Literal["base", "warm"]
+    model: Literal["base", "warm", "teacher"]
     n_demos: int = Field(ge=0, le=16)
 
     @property
@@ -82,6 +84,11 @@ class CollaborationConfig(Section):
     # and H is -log p(answer letter) — one forward pass instead of a decode.
     mode: Literal["generate", "choice_logprobs"] = "generate"
     knn_collaborator: bool = False  # add the k neighbours' majority label as one more vote
+    # The model behind {model: teacher} collaborators: a name resolve_model knows or a local
+    # directory (its tokenizer renders the letter-scoring prompts), served where
+    # execution.teacher_backend says. At 64 FPB labels the pseudo-labels pay only from a teacher
+    # well above the warm model: bench/README.md, session 9 (simulated teachers).
+    teacher: str | None = None
 
     @field_validator("collaborators")
     @classmethod
@@ -95,6 +102,9 @@ class JustificationConfig(Section):
     """4. Self-justification."""
 
     max_new_tokens: int = Field(default=48, ge=1)
+    # Who decides a disputed question: the warm model (paper), or collaboration.teacher, which a
+    # run with a stronger teacher should let decide rather than the model it is teaching.
+    model: Literal["warm", "teacher"] = "warm"
 
 
 class SelectionConfig(Section):
@@ -239,6 +249,9 @@ class ExecutionConfig(Section):
     """How to run, not what to compute: never part of a cache key."""
 
     backend: BackendConfig = Field(default_factory=TransformersConfig)
+    # Where collaboration.teacher runs: in process (transformers), or an OpenAI-compatible server
+    # (vLLM replicas of a larger model: name openai, base_url, served_model, api_key).
+    teacher_backend: BackendConfig = Field(default_factory=TransformersConfig)
     # All at least 1: a 0 or negative value would only fail deep inside a run (shard_size 0 at
     # generation, after warm training), so the config refuses it up front.
     batch_size: int = Field(default=16, ge=1)
@@ -297,6 +310,12 @@ def resolve_api_key(reference: str | None) -> SecretStr | None:
     return SecretStr(value)
 
 
+# Fields added after runs had been cached, left out of result_fields, and so of every cache key,
+# while they hold the value that does what the code did before they existed: an upgrade does not
+# re-answer a nightly table's old rows. Any other value enters the keys as usual.
+ADDED_FIELDS = {"collaboration": {"teacher": None}, "justification": {"model": "warm"}}
+
+
 # ---------------------------------------------------------------------------- the whole config
 class SemiEvolConfig(Section):
     """Every knob of the method (see the module docstring)."""
@@ -337,6 +356,16 @@ class SemiEvolConfig(Section):
         if too_many:
             raise ValueError(f"collaboration.collaborators {too_many} want more demonstrations than "
                              f"propagation.k_demos={k_demos}")
+        teachers = [c.name for c in collab.collaborators or [] if c.model == "teacher"]
+        if self.justification.model == "teacher":
+            teachers.append("justification")
+        if teachers and not collab.teacher:
+            raise ValueError(f"{', '.join(teachers)} ask the teacher: set collaboration.teacher to its model "
+                             "(a name or a local directory)")
+        if collab.teacher and not teachers:
+            raise ValueError(f"collaboration.teacher {collab.teacher!r} is asked by no step: add "
+                             "{model: teacher, n_demos: 0} to collaboration.collaborators, or set "
+                             "justification.model: teacher")
         if self.selection.agreement == "knn" and not (collab.knn_collaborator and k_demos > 0):
             raise ValueError("selection.agreement 'knn' compares each pseudo-label with the kNN label vote over the "
                              "propagation.k_demos nearest labeled examples: set collaboration.knn_collaborator: true "
@@ -357,8 +386,14 @@ class SemiEvolConfig(Section):
 
     # ---- cache keys -----------------------------------------------------------------------------
     def result_fields(self) -> dict:
-        """Everything that can change a result (execution settings removed)."""
-        return self.model_dump(mode="json", exclude={"execution"})
+        """Everything that can change a result (execution settings removed; ADDED_FIELDS at their
+        old-behaviour value left out)."""
+        data = self.model_dump(mode="json", exclude={"execution"})
+        for section, fields in ADDED_FIELDS.items():
+            for name, neutral in fields.items():
+                if data[section].get(name, neutral) == neutral:
+                    data[section].pop(name, None)
+        return data
 
     def result_key(self, *names: str) -> str:
         """A stable JSON string of the named parts of result_fields (all when none are named). A
@@ -373,6 +408,8 @@ class SemiEvolConfig(Section):
             section, _, field = name.removeprefix("-").partition(".")
             if name.startswith("-"):
                 picked[section] = {k: v for k, v in picked[section].items() if k != field}
+            elif field in ADDED_FIELDS.get(section, {}) and field not in data[section]:
+                continue  # at its old-behaviour value: not in the key
             else:
                 picked[name] = data[section][field] if field else data[section]
         return json.dumps(picked, sort_keys=True)

@@ -182,10 +182,11 @@ _BACKENDS: dict[tuple, Backend] = {}
 BACKENDS_BUILT = [0]
 
 
-def get_backend(cfg: SemiEvolConfig) -> Backend:
-    """The process's backend for this model: loaded once, adapters switched, never reloaded per step."""
-    model, opts = backend_options(cfg)
-    name = cfg.execution.backend.name
+def get_backend(cfg: SemiEvolConfig, teacher: bool = False) -> Backend:
+    """The process's backend for this model (`teacher`: for collaboration.teacher): loaded once,
+    adapters switched, never reloaded per step."""
+    model, opts = backend_options(cfg, teacher)
+    name = (cfg.execution.teacher_backend if teacher else cfg.execution.backend).name
     # json.dumps sees only the key's mask; the SecretStr itself (hashed by its value) tells a
     # rotated key apart.
     key = (name, model, json.dumps(opts, sort_keys=True, default=str), opts.get("api_key"))
@@ -195,21 +196,25 @@ def get_backend(cfg: SemiEvolConfig) -> Backend:
     return _BACKENDS[key]
 
 
-def backend_options(cfg: SemiEvolConfig) -> tuple[str, dict]:
-    """(the model name the backend is given, its options) for the configured backend."""
-    ex, backend = cfg.execution, cfg.execution.backend
+def backend_options(cfg: SemiEvolConfig, teacher: bool = False) -> tuple[str, dict]:
+    """(the model name the backend is given, its options) for the configured backend, or for the
+    teacher's (`teacher`: collaboration.teacher on execution.teacher_backend)."""
+    ex = cfg.execution
+    backend, model = (ex.teacher_backend, cfg.collaboration.teacher) if teacher else (ex.backend, cfg.model)
+    if model is None:
+        raise ValueError("no collaboration.teacher is configured")
     if isinstance(backend, OpenAIConfig):
         # The key is read here, where it is used; the config only says where it is.
-        return backend.served_model or cfg.model, dict(
+        return backend.served_model or model, dict(
             base_url=backend.base_url, api_key=resolve_api_key(backend.api_key), concurrency=ex.concurrency,
             timeout=backend.request_timeout_seconds, deadline=backend.request_deadline_seconds,
             call_deadline=backend.call_deadline_seconds,
-            # cfg.model's tokenizer (served_model is only the server's name for the same model):
+            # the model's tokenizer (served_model is only the server's name for the same model):
             # choice_logprobs renders prompts with it
-            tokenizer=cfg.model)
+            tokenizer=model)
     if isinstance(backend, VLLMConfig):
-        return cfg.model, dict(max_lora_rank=backend.max_lora_rank)
-    return cfg.model, dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,
+        return model, dict(max_lora_rank=backend.max_lora_rank)
+    return model, dict(batch_size=ex.batch_size, token_budget=ex.token_budget, threads=ex.threads,
                            progress=ex.progress)
 
 
@@ -593,8 +598,10 @@ def generate_shard(cfg: SemiEvolConfig, rows: Sequence[int], unlabeled: str | Pa
     """Responses of every collaborator for one shard of questions, as one file. on_progress(fraction
     of the shard done) is called as collaborator groups finish."""
     qs, demos = shard_inputs(rows, unlabeled, labeled, neighbors)
-    responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
-                                   cfg, answer_type, on_progress=on_progress)
+    collabs = collaborators_of(cfg)
+    teacher = get_backend(cfg, teacher=True) if any(c.model == "teacher" for c in collabs) else None
+    responses = generate_responses(get_backend(cfg), qs, demos, collabs, str(warm_adapter),
+                                   cfg, answer_type, on_progress=on_progress, teacher_backend=teacher)
     return save_frame(responses, out)
 
 
@@ -626,7 +633,8 @@ def vote_step(responses: str | Path, out: str | Path) -> Path:
 
 # The config self-justification reads (justification.py; graph: the justify step): the rest of
 # `collaboration` reaches it through the responses, and `rounds` through warm_key.
-JUSTIFICATION_CONFIG = ("model", "system_prompt", "seed", "collaboration.mode", "justification")
+JUSTIFICATION_CONFIG = ("model", "system_prompt", "seed", "collaboration.mode", "collaboration.teacher",
+                        "justification")
 
 
 def justification_inputs(rows: Sequence[int], votes: str | Path, responses: str | Path,
@@ -672,9 +680,12 @@ def _justification_key(cfg: SemiEvolConfig, vt: pd.DataFrame, resp: pd.DataFrame
 
 def justify_shard(cfg: SemiEvolConfig, rows: Sequence[int], votes: str | Path, responses: str | Path,
                   unlabeled: str | Path, warm_adapter: str | Path, answer_type: str, out: str | Path) -> Path:
-    """The warm model's decisions on one shard's disputed questions, as one file."""
+    """The warm model's (or, with justification.model: teacher, the teacher's) decisions on one
+    shard's disputed questions, as one file."""
     vt, resp, qs = justification_inputs(rows, votes, responses, unlabeled)
-    return save_frame(justify(get_backend(cfg), vt, resp, qs, str(warm_adapter), cfg, answer_type), out)
+    by_teacher = cfg.justification.model == "teacher"
+    return save_frame(justify(get_backend(cfg, teacher=by_teacher), vt, resp, qs,
+                              None if by_teacher else str(warm_adapter), cfg, answer_type), out)
 
 
 def collect_justified(shard_files: Sequence[str | Path], out: str | Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -550,3 +551,41 @@ def test_the_config_takes_a_list_of_replicas_and_a_call_deadline():
     for empty in ([], [""], ["http://a:8000", " "]):
         with pytest.raises(ValidationError, match="at least one server URL, none of them empty"):
             SemiEvolConfig(execution={"backend": {"name": "openai", "base_url": empty}})
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_a_run_asks_a_teacher_served_by_vllm(vllm_server, backend, model_dir, tiny_model_dir, sentiment_dataset,
+                                              tmp_path):
+    """The run's own model is the tiny Llama, in process; the teacher is SmolLM2 on the vLLM server.
+    The teacher rows of the run's responses carry the server's letter scores, not the run model's."""
+    from semievol_core.config import SemiEvolConfig
+    from semievol_core.data import read_table
+    from semievol_core.pipeline import run_semievol
+    from semievol_core.prompts import question_chat
+    from semievol_core.steps import load_frame, unload_backends
+
+    cfg = SemiEvolConfig(
+        model=str(tiny_model_dir),
+        collaboration={"mode": "choice_logprobs", "teacher": str(model_dir),
+                       "collaborators": [{"model": "warm", "n_demos": 0}, {"model": "teacher", "n_demos": 0}]},
+        justification={"max_new_tokens": 4}, train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None},
+        execution={"teacher_backend": {"name": "openai", "base_url": vllm_server.base_url, "served_model": "smollm2"},
+                   "progress": False, "shard_size": 4})
+    try:
+        report = run_semievol(sentiment_dataset, tmp_path / "run", cfg, systems=["knn_vote"], pseudo_labels=True)
+    finally:
+        unload_backends()
+    assert report["selection"]["n_unlabeled"] == 10
+    resp = load_frame(tmp_path / "run" / "responses.parquet")
+    teacher = resp[resp["model"] == "teacher"].set_index("unlabeled_id")
+    assert sorted(resp["model"].unique()) == ["teacher", "warm"] and len(teacher) == 10
+    unl = read_table(sentiment_dataset / "unlabeled", "unlabeled").set_index("id").loc[teacher.index]
+    served = backend.choice_logprobs([question_chat(q, o, []) for q, o in zip(unl["question"], unl["options"])],
+                                     ["A", "B", "C"])
+    got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in teacher["text"]])
+    np.testing.assert_allclose(got, served, atol=2e-3)
+    warm = resp[resp["model"] == "warm"].set_index("unlabeled_id").loc[teacher.index]
+    warm_lp = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in warm["text"]])
+    assert np.abs(warm_lp - served).max() > 0.1  # the tiny model's scores are another model's

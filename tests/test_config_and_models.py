@@ -189,6 +189,39 @@ def test_backends_are_a_union_each_validated():
     assert steps.backend_options(vllm) == ("smollm2-135m-instruct", {"max_lora_rank": 32})
 
 
+def test_a_teacher_collaborator_needs_its_model_and_its_model_a_collaborator():
+    from semievol_core import steps
+
+    teach = [{"model": "warm", "n_demos": 0}, {"model": "teacher", "n_demos": 0}]
+    with pytest.raises(ValidationError, match=r"teacher-0shot ask the teacher: set collaboration\.teacher"):
+        SemiEvolConfig(collaboration={"collaborators": teach})
+    with pytest.raises(ValidationError, match=r"collaboration\.teacher 'big' is asked by no step"):
+        SemiEvolConfig(collaboration={"teacher": "big"})
+    with pytest.raises(ValidationError, match=r"justification ask the teacher"):
+        SemiEvolConfig(justification={"model": "teacher"})
+    SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "big"})
+    cfg = SemiEvolConfig(collaboration={"collaborators": teach, "teacher": "big"},
+                         execution={"teacher_backend": {"name": "openai", "base_url": "http://gpu:8000/v1",
+                                                        "served_model": "llama-8b"}})
+    # The teacher's name decides its answers (cache keys); where it is served does not.
+    served_elsewhere = cfg.model_copy(update={"execution": SemiEvolConfig().execution})
+    other_teacher = SemiEvolConfig(collaboration={"collaborators": teach, "teacher": "bigger"})
+    assert _config_keys(cfg) == _config_keys(served_elsewhere)
+    # Added after runs were cached: at their old-behaviour values they stay out of every key, so
+    # an upgrade re-answers nothing; set, they enter generation's and justification's keys.
+    plain = SemiEvolConfig()
+    assert "teacher" not in plain.result_key("collaboration") and "model" not in plain.result_key("justification")
+    assert plain.result_key("collaboration.teacher", "justification") == plain.result_key("justification")
+    judged = SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "big"})
+    assert _config_keys(judged)["justify"] != _config_keys(SemiEvolConfig())["justify"]
+    assert _config_keys(cfg)["generate"] != _config_keys(other_teacher)["generate"]
+    model, opts = steps.backend_options(cfg, teacher=True)
+    assert (model, opts["base_url"], opts["tokenizer"]) == ("llama-8b", "http://gpu:8000/v1", "big")
+    assert steps.backend_options(cfg)[0] == "smollm2-135m-instruct"  # the run's own model stays in process
+    with pytest.raises(ValueError, match="no collaboration.teacher is configured"):
+        steps.backend_options(SemiEvolConfig(), teacher=True)
+
+
 def _config_keys(cfg: SemiEvolConfig) -> dict[str, str]:
     from semievol_core import graph
 

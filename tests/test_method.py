@@ -4,6 +4,7 @@ selection, evaluation statistics, and the whole pipeline on the tiny model."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -207,6 +208,68 @@ def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, 
     assert moved == [0.5]  # two collaborator groups: reported halfway; the caller marks the end
     with pytest.raises(ValueError, match="warm adapter"):
         generate_responses(tiny_backend, _questions(1), {}, [Collaborator(model="warm", n_demos=0)], None, cfg, "choice")
+
+
+def test_a_teacher_collaborator_answers_on_the_teacher_backend(tiny_backend, tmp_path):
+    from conftest import build_tiny_llama
+
+    teacher_dir = build_tiny_llama(tmp_path / "teacher", seed=1)  # other weights than the run's model
+    collabs = [{"model": "base", "n_demos": 0}, {"model": "teacher", "n_demos": 0}, {"model": "teacher", "n_demos": 0}]
+    cfg = SemiEvolConfig(collaboration={"mode": "choice_logprobs", "teacher": str(teacher_dir),
+                                        "collaborators": collabs}, seed=3)
+    qs = _questions(4)
+    chats = [question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])]
+    with TransformersBackend(str(teacher_dir), progress=False) as teacher:
+        resp = generate_responses(tiny_backend, qs, {}, cfg.collaboration.collaborators, None, cfg, "choice",
+                                  teacher_backend=teacher)
+        want = teacher.choice_logprobs(chats, ["A", "B", "C"])
+    base_lp = tiny_backend.choice_logprobs(chats, ["A", "B", "C"])
+
+    def scores(rows):  # the letter log-probs each reply keeps, 3 decimals
+        return np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows["text"]])
+
+    t = resp[resp["model"] == "teacher"].sort_values(["unlabeled_id", "sample"])
+    assert t["collaborator"].unique().tolist() == ["teacher-0shot"] and len(t) == 2 * 4
+    np.testing.assert_allclose(scores(t[t["sample"] == 0]), want, atol=1e-3)
+    np.testing.assert_allclose(scores(resp[resp["model"] == "base"].sort_values("unlabeled_id")), base_lp, atol=1e-3)
+    assert np.abs(want - base_lp).max() > 0.01  # so the teacher's rows are not the run model's
+    with pytest.raises(ValueError, match="teacher's backend"):
+        generate_responses(tiny_backend, qs, {}, cfg.collaboration.collaborators, None, cfg, "choice")
+
+
+def test_a_run_with_a_teacher_lets_it_answer_and_judge(tiny_model_dir, sentiment_dataset, tmp_path):
+    """The run's model is one tiny Llama, the teacher another (in process: execution.teacher_backend's
+    default). The teacher's rows in responses, and every disputed question's decision, are the
+    teacher's own, with no adapter."""
+    from conftest import build_tiny_llama
+    from semievol_core.data import read_table
+    from semievol_core.pipeline import run_semievol
+    from semievol_core.steps import load_frame, unload_backends
+
+    teacher_dir = build_tiny_llama(tmp_path / "teacher", seed=1)
+    cfg = SemiEvolConfig(model=str(tiny_model_dir),
+                         collaboration={"mode": "choice_logprobs", "teacher": str(teacher_dir),
+                                        "collaborators": [{"model": "warm", "n_demos": 0},
+                                                          {"model": "teacher", "n_demos": 0}]},
+                         justification={"model": "teacher"},
+                         train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None})
+    cfg.execution.progress = False
+    out = tmp_path / "run"
+    try:
+        run_semievol(sentiment_dataset, out, cfg, systems=["knn_vote"], pseudo_labels=True)
+    finally:
+        unload_backends()
+    resp, votes, justified = (load_frame(out / f"{t}.parquet") for t in ("responses", "votes", "justified"))
+    qs = read_table(sentiment_dataset / "unlabeled", "unlabeled")
+    teacher_rows = resp[resp["model"] == "teacher"].set_index("unlabeled_id").loc[qs["id"]]
+    with TransformersBackend(str(teacher_dir), progress=False) as teacher:
+        want = teacher.choice_logprobs([question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])],
+                                       ["A", "B", "C"])
+        judged = justify(teacher, votes, resp, qs, None, cfg, "choice")
+    got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in teacher_rows["text"]])
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert len(justified) > 0  # warm and teacher disagree somewhere
+    pd.testing.assert_frame_equal(justified.reset_index(drop=True), judged.reset_index(drop=True), atol=1e-4)
 
 
 def test_justify_asks_only_disputed_questions(tiny_backend):
