@@ -228,10 +228,16 @@ def teacher_pseudo_labels(run: Path, accuracy: float | None, seed: int) -> tuple
     scores[1] = scores[1].astype(float)
     top = scores.loc[scores.groupby("level_0")[1].idxmax()].set_index("level_0")[0]
     labels = pd.Series(top.to_numpy(), index=resp["unlabeled_id"].to_numpy()[top.index])
-    truth = pd.read_parquet(run / "data" / "oracle.parquet").set_index("id")["answer"].loc[labels.index]
+    truth = pd.read_parquet(run / "data" / "oracle.parquet").set_index("id")["answer"]
+    if len(labels) != len(truth):  # e.g. free-text replies keep no letter scores
+        raise ValueError(f"{run}: the warm model's letter scores label {len(labels)} of {len(truth)} unlabeled rows")
+    truth = truth.loc[labels.index]
     wrong = np.flatnonzero(labels.to_numpy() != truth.to_numpy())
     if accuracy is not None:
-        n_fix = max(0, round(accuracy * len(labels)) - (len(labels) - len(wrong)))
+        n_fix = round(accuracy * len(labels)) - (len(labels) - len(wrong))
+        if n_fix < 0:
+            raise ValueError(f"a teacher right on {accuracy:.0%} is below the warm model's own labels "
+                             f"({1 - len(wrong) / len(labels):.1%}): use 'own'")
         fix = np.random.default_rng(seed).choice(wrong, size=min(n_fix, len(wrong)), replace=False)
         labels.iloc[fix] = truth.iloc[fix].to_numpy()
     acc = float((labels.to_numpy() == truth.to_numpy()).mean())
@@ -241,6 +247,13 @@ def teacher_pseudo_labels(run: Path, accuracy: float | None, seed: int) -> tuple
     out = run / f"teacher_{name}_pseudo_labels.parquet"
     save_frame(pl, out)
     return out, acc
+
+
+def _recorded(n: int, seed: int, system: str, start: str, steps: int) -> bool:
+    """True when the JSON holds this arm from the same start and update count."""
+    prev = json.loads(OUT_JSON.read_text())["records"] if OUT_JSON.exists() else []
+    return any((r["n_labeled"], r["seed"], r["system"], r.get("start"), r.get("extra_steps"))
+               == (n, seed, system, start, steps) for r in prev)
 
 
 def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
@@ -276,8 +289,8 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
         t0 = time.perf_counter()
         preds[system] = run / "predictions" / f"{system}.parquet"
         adapter = run / f"{system}_adapter"
-        if teachers and pseudo is None and preds[system].exists():  # the gold-only arm, trained before
-            out.append(None)
+        if teachers and pseudo is None and _recorded(n, seed, system, str(warm), steps):
+            out.append(None)  # the gold-only arm from the same start, trained before
             continue
         adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], adapter,
                                      init_adapter=warm, pseudo_labels=pseudo,
@@ -470,6 +483,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (dotted for nested: train.epochs=6); repeatable")
     args = ap.parse_args()
+    if args.teacher and not (args.recipe and args.continue_steps):
+        ap.error("--teacher needs --recipe and --continue-steps (its arms continue the recipe run's warm adapter)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     new: list[dict] = []
     if args.vanilla:

@@ -123,7 +123,7 @@ def one_size(n: int) -> dict:
     from tasks.common import content_digest, ensure_gpu_limit
 
     backend, embedder = make_fakes()
-    steps.get_backend = lambda cfg: backend
+    steps.get_backend = lambda cfg, teacher=False: backend
     steps.get_embedder = lambda cfg: embedder
     model = RUNS / "tiny-llama"
     if not (model / "config.json").exists():

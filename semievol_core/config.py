@@ -10,7 +10,8 @@ justification, selection, train, final, rounds, evaluation, gate). A step's cach
 of the sections it reads (`result_key`, `semievol_core.graph.Step.config`), so no list of field
 names is kept by hand. `execution` (batch sizes, threads, progress bars, the backend) holds how to
 run, never what to compute: it never enters a key, so a re-run with a bigger batch re-uses every
-cached step.
+cached step. A field added later (ADDED_FIELDS) enters the keys only once it is set to something
+other than what the code did before it, so an upgrade keeps the caches.
 
 Configs written before the nesting (flat keys such as `theta`, `eval_mode`) still load: each old
 key is moved to its section (`MOVED`) and one warning line says what moved.
@@ -249,8 +250,9 @@ class ExecutionConfig(Section):
     """How to run, not what to compute: never part of a cache key."""
 
     backend: BackendConfig = Field(default_factory=TransformersConfig)
-    # Where collaboration.teacher runs: in process (transformers), or an OpenAI-compatible server
-    # (vLLM replicas of a larger model: name openai, base_url, served_model, api_key).
+    # Where collaboration.teacher runs: in process (transformers, or vllm beside a transformers
+    # backend), or an OpenAI-compatible server (vLLM replicas of a larger model: name openai,
+    # base_url, served_model, api_key). The cache knows the teacher by collaboration.teacher only.
     teacher_backend: BackendConfig = Field(default_factory=TransformersConfig)
     # All at least 1: a 0 or negative value would only fail deep inside a run (shard_size 0 at
     # generation, after warm training), so the config refuses it up front.
@@ -294,18 +296,18 @@ class ExecutionConfig(Section):
         return self
 
 
-def resolve_api_key(reference: str | None) -> SecretStr | None:
+def resolve_api_key(reference: str | None, field: str = "execution.backend.api_key") -> SecretStr | None:
     """The key an `api_key` reference names, as a SecretStr (masked in repr, str and dumps), or
     None without a reference; ValueError with a one-line reason when it cannot be read."""
     if reference is None:
         return None
     kind, _, name = reference.partition(":")
     if kind not in KEY_READERS:
-        raise ValueError(f"execution.backend.api_key {reference!r}: Prefect Secret blocks are read by the Prefect "
+        raise ValueError(f"{field} {reference!r}: Prefect Secret blocks are read by the Prefect "
                          "flows (semievol evolve / evaluate); in process use env:VARIABLE")
     value = KEY_READERS[kind](name)
     if not value:
-        raise ValueError(f"execution.backend.api_key {reference!r}: "
+        raise ValueError(f"{field} {reference!r}: "
                          + ("environment variable not set" if kind == "env" else "empty or missing"))
     return SecretStr(value)
 
@@ -356,16 +358,20 @@ class SemiEvolConfig(Section):
         if too_many:
             raise ValueError(f"collaboration.collaborators {too_many} want more demonstrations than "
                              f"propagation.k_demos={k_demos}")
-        teachers = [c.name for c in collab.collaborators or [] if c.model == "teacher"]
+        teachers = sorted({c.name for c in collab.collaborators or [] if c.model == "teacher"})
         if self.justification.model == "teacher":
             teachers.append("justification")
         if teachers and not collab.teacher:
             raise ValueError(f"{', '.join(teachers)} ask the teacher: set collaboration.teacher to its model "
                              "(a name or a local directory)")
         if collab.teacher and not teachers:
-            raise ValueError(f"collaboration.teacher {collab.teacher!r} is asked by no step: add "
-                             "{model: teacher, n_demos: 0} to collaboration.collaborators, or set "
+            raise ValueError(f"collaboration.teacher {collab.teacher!r} is asked by no step: list "
+                             "collaboration.collaborators with {model: teacher, n_demos: 0} among them, or set "
                              "justification.model: teacher")
+        ex = self.execution
+        if isinstance(ex.teacher_backend, VLLMConfig) and isinstance(ex.backend, VLLMConfig):
+            raise ValueError("execution.teacher_backend and execution.backend are both vllm: two engines do not "
+                             "share one GPU process; serve the teacher ({name: openai, base_url: ...})")
         if self.selection.agreement == "knn" and not (collab.knn_collaborator and k_demos > 0):
             raise ValueError("selection.agreement 'knn' compares each pseudo-label with the kNN label vote over the "
                              "propagation.k_demos nearest labeled examples: set collaboration.knn_collaborator: true "

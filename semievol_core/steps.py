@@ -206,7 +206,8 @@ def backend_options(cfg: SemiEvolConfig, teacher: bool = False) -> tuple[str, di
     if isinstance(backend, OpenAIConfig):
         # The key is read here, where it is used; the config only says where it is.
         return backend.served_model or model, dict(
-            base_url=backend.base_url, api_key=resolve_api_key(backend.api_key), concurrency=ex.concurrency,
+            base_url=backend.base_url, concurrency=ex.concurrency,
+            api_key=resolve_api_key(backend.api_key, f"execution.{'teacher_backend' if teacher else 'backend'}.api_key"),
             timeout=backend.request_timeout_seconds, deadline=backend.request_deadline_seconds,
             call_deadline=backend.call_deadline_seconds,
             # the model's tokenizer (served_model is only the server's name for the same model):
@@ -546,8 +547,10 @@ GROWTH = 4  # a part's shards hold at least 1/(max_shards // GROWTH) of the rows
 # turning it on regenerates nothing; the embedder, which reaches a shard as its demonstrations;
 # `rounds`, which decides the warm model (warm_key), so the nightly rounds and the weekly refresh
 # share shards.
+# The teacher's name enters a shard's key only when a collaborator is the teacher (teacher_key): a
+# teacher that only judges disputes (justification.model) changes no answer.
 GENERATION_CONFIG = ("model", "seed", "system_prompt", "answer_type", "propagation.k_demos", "collaboration",
-                     "-collaboration.knn_collaborator")
+                     "-collaboration.knn_collaborator", "-collaboration.teacher")
 
 
 def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.DataFrame,
@@ -559,9 +562,17 @@ def generation_key(cfg: SemiEvolConfig, warm_adapter: str | Path, questions: pd.
     h.update(cfg.result_key(*GENERATION_CONFIG).encode())
     h.update(answer_type.encode())  # the resolved type ("auto" in the config decides nothing alone)
     h.update(warm_key(cfg, warm_adapter).encode())
+    h.update(teacher_key(cfg).encode())
     for uid, q, o in zip(questions["id"], questions["question"], questions["options"]):
         h.update(json.dumps([uid, q, o, [(d.question, d.options, d.answer) for d in demos.get(uid, [])]]).encode())
     return h.hexdigest()
+
+
+def teacher_key(cfg: SemiEvolConfig) -> str:
+    """The teacher's part of a shard's key: its name when a collaborator is the teacher, else ""
+    (the key of a run without one is what it was before teachers existed). The name is the
+    teacher's identity: a server that starts serving another model must come with another name."""
+    return f"teacher:{cfg.collaboration.teacher}" if any(c.model == "teacher" for c in collaborators_of(cfg)) else ""
 
 
 def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
@@ -683,9 +694,11 @@ def justify_shard(cfg: SemiEvolConfig, rows: Sequence[int], votes: str | Path, r
     """The warm model's (or, with justification.model: teacher, the teacher's) decisions on one
     shard's disputed questions, as one file."""
     vt, resp, qs = justification_inputs(rows, votes, responses, unlabeled)
-    by_teacher = cfg.justification.model == "teacher"
-    return save_frame(justify(get_backend(cfg, teacher=by_teacher), vt, resp, qs,
-                              None if by_teacher else str(warm_adapter), cfg, answer_type), out)
+    if cfg.justification.model == "teacher":
+        backend, adapter = get_backend(cfg, teacher=True), None
+    else:
+        backend, adapter = get_backend(cfg), str(warm_adapter)
+    return save_frame(justify(backend, vt, resp, qs, adapter, cfg, answer_type), out)
 
 
 def collect_justified(shard_files: Sequence[str | Path], out: str | Path) -> Path:

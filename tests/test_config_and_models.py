@@ -207,6 +207,17 @@ def test_a_teacher_collaborator_needs_its_model_and_its_model_a_collaborator():
     served_elsewhere = cfg.model_copy(update={"execution": SemiEvolConfig().execution})
     other_teacher = SemiEvolConfig(collaboration={"collaborators": teach, "teacher": "bigger"})
     assert _config_keys(cfg) == _config_keys(served_elsewhere)
+    # A teacher's name reaches a generation shard's key only when it answers (steps.teacher_key);
+    # a teacher that only judges keys justification alone, so turning it on re-answers nothing.
+    assert steps.teacher_key(cfg) == "teacher:big" and steps.teacher_key(other_teacher) == "teacher:bigger"
+    judge = SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "big"})
+    other_judge = SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "bigger"})
+    assert steps.teacher_key(judge) == steps.teacher_key(SemiEvolConfig()) == ""
+    assert _config_keys(judge)["generate"] == _config_keys(SemiEvolConfig())["generate"]
+    assert _config_keys(judge)["justify"] != _config_keys(other_judge)["justify"]
+    with pytest.raises(ValidationError, match=r"both vllm: two engines"):
+        SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "big"},
+                       execution={"backend": {"name": "vllm"}, "teacher_backend": {"name": "vllm"}})
     # Added after runs were cached: at their old-behaviour values they stay out of every key, so
     # an upgrade re-answers nothing; set, they enter generation's and justification's keys.
     plain = SemiEvolConfig()
@@ -214,12 +225,15 @@ def test_a_teacher_collaborator_needs_its_model_and_its_model_a_collaborator():
     assert plain.result_key("collaboration.teacher", "justification") == plain.result_key("justification")
     judged = SemiEvolConfig(justification={"model": "teacher"}, collaboration={"teacher": "big"})
     assert _config_keys(judged)["justify"] != _config_keys(SemiEvolConfig())["justify"]
-    assert _config_keys(cfg)["generate"] != _config_keys(other_teacher)["generate"]
     model, opts = steps.backend_options(cfg, teacher=True)
     assert (model, opts["base_url"], opts["tokenizer"]) == ("llama-8b", "http://gpu:8000/v1", "big")
     assert steps.backend_options(cfg)[0] == "smollm2-135m-instruct"  # the run's own model stays in process
     with pytest.raises(ValueError, match="no collaboration.teacher is configured"):
         steps.backend_options(SemiEvolConfig(), teacher=True)
+    unset = cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"teacher_backend": cfg.execution
+                           .teacher_backend.model_copy(update={"api_key": "env:SEMIEVOL_NO_SUCH_KEY"})})})
+    with pytest.raises(ValueError, match=r"^execution\.teacher_backend\.api_key 'env:SEMIEVOL_NO_SUCH_KEY': environment"):
+        steps.backend_options(unset, teacher=True)
 
 
 def _config_keys(cfg: SemiEvolConfig) -> dict[str, str]:

@@ -271,6 +271,25 @@ def test_a_run_with_a_teacher_lets_it_answer_and_judge(tiny_model_dir, sentiment
     assert len(justified) > 0  # warm and teacher disagree somewhere
     pd.testing.assert_frame_equal(justified.reset_index(drop=True), judged.reset_index(drop=True), atol=1e-4)
 
+    # Another teacher in the same run directory: its answers and judgements, none of the cached ones.
+    other_dir = build_tiny_llama(tmp_path / "other-teacher", seed=2)
+    other = cfg.model_copy(update={"collaboration": cfg.collaboration.model_copy(update={"teacher": str(other_dir)})})
+    try:
+        run_semievol(sentiment_dataset, out, other, systems=["knn_vote"], pseudo_labels=True)
+    finally:
+        unload_backends()
+    resp2, votes2, justified2 = (load_frame(out / f"{t}.parquet") for t in ("responses", "votes", "justified"))
+    rows2 = resp2[resp2["model"] == "teacher"].set_index("unlabeled_id").loc[qs["id"]]
+    with TransformersBackend(str(other_dir), progress=False) as teacher2:
+        want2 = teacher2.choice_logprobs([question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])],
+                                         ["A", "B", "C"])
+        judged2 = justify(teacher2, votes2, resp2, qs, None, other, "choice")
+    got2 = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows2["text"]])
+    np.testing.assert_allclose(got2, want2, atol=1e-3)
+    assert np.abs(want2 - want).max() > 0.01
+    assert len(justified2) > 0
+    pd.testing.assert_frame_equal(justified2.reset_index(drop=True), judged2.reset_index(drop=True), atol=1e-4)
+
 
 def test_justify_asks_only_disputed_questions(tiny_backend):
     qs = _questions(3)
