@@ -249,16 +249,24 @@ def teacher_pseudo_labels(run: Path, accuracy: float | None, seed: int) -> tuple
     return out, acc
 
 
-def _recorded(n: int, seed: int, system: str, start: str, steps: int) -> bool:
-    """True when the JSON holds this arm from the same start and update count."""
+def recorded_gold_arm(n: int, seed: int, start: str, steps: int) -> tuple[str, Path] | None:
+    """A gold-only arm already in the JSON from the same start and update count, and its
+    predictions: the same training, so a new arm is paired with it instead of training it again."""
+    import re
+
     prev = json.loads(OUT_JSON.read_text())["records"] if OUT_JSON.exists() else []
-    return any((r["n_labeled"], r["seed"], r["system"], r.get("start"), r.get("extra_steps"))
-               == (n, seed, system, start, steps) for r in prev)
+    for r in prev:
+        if ((r["n_labeled"], r["seed"], r.get("start"), r.get("extra_steps")) == (n, seed, start, steps)
+                and re.fullmatch(rf"sft(_\w+)?_plus{steps}", r["system"])):
+            for preds in sorted(RUNS.glob(f"b{n}-s{seed}-*/predictions/{r['system']}.parquet")):
+                return r["system"], preds
+    return None
 
 
 def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
                   oracle: bool = False, gold_only: bool = False, tag: str | None = None,
-                  warm_from: Path | None = None, teachers: list[float | None] = ()) -> list[dict]:
+                  warm_from: Path | None = None, teachers: list[float | None] = (),
+                  reuse_gold: bool = False) -> list[dict]:
     """Both from the recipe run's warm adapter, `steps` more updates each: on the gold labels only
     (`sft_plus<steps>`) and on gold + the selected pseudo-labels (`semievol_<recipe>_continue<steps>`,
     the released code's "continue" with the labeled rows kept in). Same start, same updates: the
@@ -266,7 +274,8 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
     pseudo-labels: on the selected rows (`oracle_selected_continue<steps>`) and on every unlabeled
     row (`oracle_all_continue<steps>`). `teachers` (accuracies, None for the model's own labels)
     replace the pseudo-labelled arm with arms on every unlabeled row labelled by a simulated teacher
-    (`teacher<A>_continue<steps>`, `teacher_own_...`); the gold-only arm is re-used when trained."""
+    (`teacher<A>_continue<steps>`, `teacher_own_...`). With `teachers` or `reuse_gold`, a gold-only
+    arm recorded from the same start is the baseline instead of a new one (recorded_gold_arm)."""
     from semievol_core import steps as core
 
     run, sfx = run_dir(n, seed, recipe, tag), f"_{tag}" if tag else ""
@@ -284,15 +293,17 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
         for a in teachers:
             system = f"teacher_{'own' if a is None else round(100 * a)}{sfx}_continue{steps}"
             arms[system], teacher_acc[system] = teacher_pseudo_labels(run, a, seed)
+    gold = f"sft{sfx}_plus{steps}"
     out, preds = [], {}
+    known = recorded_gold_arm(n, seed, str(warm), steps) if teachers or reuse_gold else None
+    if known:  # trained before from the same start: paired with, not trained again
+        del arms[gold]
+        gold, preds[gold] = known
+        print(f"gold-only arm: {gold} ({preds[gold]}), trained before from {warm}")
     for system, pseudo in arms.items():
         t0 = time.perf_counter()
         preds[system] = run / "predictions" / f"{system}.parquet"
-        adapter = run / f"{system}_adapter"
-        if teachers and pseudo is None and _recorded(n, seed, system, str(warm), steps):
-            out.append(None)  # the gold-only arm from the same start, trained before
-            continue
-        adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], adapter,
+        adapter = core.train_adapter(cfg, [(d / "labeled.parquet", "labeled")], run / f"{system}_adapter",
                                      init_adapter=warm, pseudo_labels=pseudo,
                                      unlabeled=d / "unlabeled.parquet" if pseudo else None)
         m = core.evaluate_system(cfg, "sft", test, answer_type, preds[system], adapter=adapter)
@@ -300,11 +311,11 @@ def continue_cell(n: int, seed: int, recipe: str, steps: int, extra: list[str],
                           start=str(warm), extra_steps=steps, **adapter_facts(adapter),
                           **({"teacher_accuracy": teacher_acc[system]}
                              if system in teacher_acc else {})))
-    sft_arm = preds[f"sft{sfx}_plus{steps}"]
-    out = [r for r in out if r is not None]
+    sft_arm = preds[gold]
     for r in out:  # each pseudo-labelled arm against gold only, paired
-        if r["system"] == f"sft{sfx}_plus{steps}":
+        if r["system"] == gold:
             continue
+        r["baseline"] = gold
         r["vs_sft"] = core.compare(preds[r["system"]], sft_arm, cfg.evaluation.bootstrap_samples, cfg.seed)
     return out
 
