@@ -99,9 +99,10 @@ def _prepare(cfg, run: Path, data_dir: str, limits: dict) -> dict:
                        **{n: pq.read_metadata(d / f"{n}.parquet").num_rows for n in ("unlabeled", "test")}}}
 
 
-def _train_warm(cfg, run: Path, labeled: str) -> dict:
+def _train_warm(cfg, run: Path, labeled: str, on_progress: Callable[[float], None] | None = None) -> dict:
     """(1) SFT on the labeled rows: the `sft` system, and the warm model unless a champion is."""
-    return {"sft_adapter": str(steps.train_adapter(cfg, [(labeled, "labeled")], run / "warm_adapter"))}
+    return {"sft_adapter": str(steps.train_adapter(cfg, [(labeled, "labeled")], run / "warm_adapter",
+                                                   on_progress=on_progress))}
 
 
 def _pick_warm(cfg, run: Path, sft_adapter: str, champion: str | None) -> dict:
@@ -195,7 +196,8 @@ def _select(cfg, run: Path, votes: str, justified: str, responses: str, unlabele
     return {"pseudo_labels": str(pseudo), "selection": stats}
 
 
-def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, unlabeled: str) -> dict:
+def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, unlabeled: str,
+                 on_progress: Callable[[float], None] | None = None) -> dict:
     final = cfg.final
     if final.training == "union":  # paper Eq. 9: labeled + selected pseudo-labels, from the base
         tables, start = [(labeled, "labeled")], None
@@ -206,7 +208,8 @@ def _train_final(cfg, run: Path, labeled: str, warm: str, pseudo_labels: str, un
     if final.max_steps is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": final.max_steps})})
     return {"semievol_adapter": str(steps.train_adapter(cfg, tables, run / "semievol_adapter", init_adapter=start,
-                                                        pseudo_labels=pseudo_labels, unlabeled=unlabeled))}
+                                                        pseudo_labels=pseudo_labels, unlabeled=unlabeled,
+                                                        on_progress=on_progress))}
 
 
 # What an evaluation reads: k_demos (the demonstrations of rag_knn), not the embedder, which reaches

@@ -333,8 +333,9 @@ def training_examples(tables: Sequence[tuple[str | Path, str]], pseudo_labels: s
 
 def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]], out_dir: str | Path,
                   init_adapter: str | Path | None = None, pseudo_labels: str | Path | None = None,
-                  unlabeled: str | Path | None = None) -> Path:
+                  unlabeled: str | Path | None = None, on_progress: Callable[[float], None] | None = None) -> Path:
     """LoRA SFT on the given labeled-kind tables (+ selected pseudo-labels joined to their questions).
+    on_progress(fraction of the optimizer updates done) is called as training goes.
     With pseudo-labels, early stopping validates on the gold (table) rows only and a pseudo-label's
     loss is weighted cfg.final.pseudo_weight. Whether it needs training at all is the caller's business:
     a graph step runs only when its key directory is incomplete (semievol_core/store.py)."""
@@ -351,7 +352,7 @@ def train_adapter(cfg: SemiEvolConfig, tables: Sequence[tuple[str | Path, str]],
                         progress=cfg.execution.progress, threads=cfg.execution.threads,
                         gradient_checkpointing=cfg.execution.gradient_checkpointing,
                         memory_budget_bytes=int(cfg.execution.memory_gb * 2**30) if cfg.execution.memory_gb else None,
-                        n_gold=n_gold, pseudo_weight=cfg.final.pseudo_weight)
+                        n_gold=n_gold, pseudo_weight=cfg.final.pseudo_weight, on_progress=on_progress)
     return Path(result.adapter_dir)
 
 

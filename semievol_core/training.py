@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -465,7 +465,17 @@ def _make_callbacks(progress: bool):
             if self.training_bar is not None and logs and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
-    return BestAndEarlyStop, (QuietProgress if progress else None)
+    class ReportProgress(TrainerCallback):
+        """on_progress(fraction of the optimizer updates done) after each update."""
+
+        def __init__(self, on_progress: Callable[[float], None]) -> None:
+            self.on_progress = on_progress
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps:
+                self.on_progress(state.global_step / state.max_steps)
+
+    return BestAndEarlyStop, (QuietProgress if progress else None), ReportProgress
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -484,6 +494,7 @@ def train_lora(
     pseudo_weight: float = 1.0,
     memory_budget_bytes: int | None = None,
     objective: Literal["answer", "text"] = "answer",
+    on_progress: Callable[[float], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter of `model` on `examples` and save it to `out_dir` (replaced if present).
 
@@ -504,6 +515,7 @@ def train_lora(
     every example is gold, as for the warm adapter).
     `objective`: "answer" learns the `Answer: X` targets; "text" learns the question text itself
     (task-adaptive pre-training, see the module docstring).
+    `on_progress(fraction)` is called after each optimizer update (the fraction of all updates).
     """
     cfg = cfg or TrainConfig()
     if objective not in ("answer", "text"):
@@ -573,7 +585,7 @@ def train_lora(
                 self.row_weights = inputs.pop("loss_weights", None)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        BestAndEarlyStop, progress_cls = _make_callbacks(progress)
+        BestAndEarlyStop, progress_cls, ReportProgress = _make_callbacks(progress)
         tracker = BestAndEarlyStop(peft_model, cfg.early_stopping_patience)
         with tempfile.TemporaryDirectory(prefix="semievol-trainer-") as scratch:
             args = TrainingArguments(
@@ -618,6 +630,8 @@ def train_lora(
             trainer.remove_callback(ProgressCallback)
             if progress_cls is not None:
                 trainer.add_callback(progress_cls())
+            if on_progress is not None:
+                trainer.add_callback(ReportProgress(on_progress))
             t_train = time.perf_counter()
             trainer.train()
             train_s = time.perf_counter() - t_train - tracker.eval_s

@@ -59,10 +59,12 @@ def run_step(step: str, cfg: SemiEvolConfig, run_dir: str, inputs: dict[str, Any
     ran = done is None
     if ran:  # not finished before: run it, holding the device if it needs one
         record_execution(s.name)
-        # only a step that reports its own progress takes the mover (generate, justify); the
-        # runner moves the others' artifact a shard at a time
+        # only a step that reports its own progress takes a mover: a fan-out element (generate,
+        # justify) moves the flow's progress artifact, the runner moving the others' a shard at a
+        # time; a single long step (the training steps) logs each quarter of its work
         takes = "on_progress" in inspect.signature(s.run).parameters
-        execution = {"on_progress": _progress_mover(progress)} if progress and takes else {}
+        mover = _progress_mover(progress) if progress else None if s.each else _progress_log(s.task_name)
+        execution = {"on_progress": mover} if takes and mover else {}
         with gpu_slot() if s.accelerator else nullcontext():
             graph.run_keyed(s, cfg, run_dir, inputs, key, **execution)
         done = store.load_done(d, run_dir)
@@ -84,6 +86,27 @@ def _progress_mover(progress: dict):
                                  description=f"{progress['label']}: {done:.2f}/{progress['count']}")
 
     return move
+
+
+def _progress_log(name: str, every: float = 0.25):
+    """fraction of a single step done -> one log line at each `every` of it, with the time left
+    (a training step runs for minutes: the console and the UI's task log say how far it is)."""
+    import time
+
+    from .common import _logger
+
+    t0, shown = time.monotonic(), [0]
+
+    def log(fraction: float) -> None:
+        mark = int(fraction / every + 1e-9)
+        if mark <= shown[0] or fraction >= 1.0:
+            return
+        shown[0] = mark
+        elapsed = time.monotonic() - t0
+        left = elapsed * (1 - fraction) / fraction
+        _logger().info(f"{name}: {fraction:.0%} done, {elapsed / 60:.1f} min so far, ~{left / 60:.1f} min left")
+
+    return log
 
 
 def step_task(step: graph.Step, run_dir: Path, run_name: str) -> Task:

@@ -96,6 +96,26 @@ def base_run(tiny_model_dir, tmp_path_factory):
     return {"data": data, "out": out, "report": report, "first": first}
 
 
+def test_a_single_long_step_logs_each_quarter_with_the_time_left(caplog, monkeypatch):
+    """A training step runs for minutes with no bar in a quiet run: its task logs 3 lines."""
+    import logging
+
+    from tasks.step import _progress_log  # a first import of prefect replaces the root's handlers
+
+    logger = logging.getLogger("tasks.common")  # the task's logger outside a run (tasks.common._logger)
+    caplog.set_level("INFO", logger=logger.name)
+    logger.addHandler(caplog.handler)
+    monkeypatch.setattr(logger, "propagate", False)  # captured once, whether or not root holds caplog
+    log = _progress_log("train-warm")
+    for k in range(1, 97):  # 96 optimizer updates
+        log(k / 96)
+    logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["train-warm: 25% done", "train-warm: 50% done",
+                                                      "train-warm: 75% done"]
+    assert all(re.search(r"min so far, ~[0-9.]+ min left$", line) for line in lines)
+
+
 @pytest.mark.slow
 def test_first_run_executes_every_step_once(base_run):
     first = base_run["first"]

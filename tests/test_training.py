@@ -284,10 +284,13 @@ def test_max_steps_sets_the_number_of_optimizer_updates_whatever_the_data_size(s
     8 rows or 1.5 epochs of 16, and `epochs` no longer counts."""
     for n in (8, 16):
         cfg = fast_config(epochs=1, val_fraction=0, early_stopping_patience=None, max_steps=6)
-        train_lora(str(sharp_model_dir), make_examples(n, ["A"] * n), tmp_path / f"n{n}", cfg, progress=False)
+        moved: list[float] = []
+        train_lora(str(sharp_model_dir), make_examples(n, ["A"] * n), tmp_path / f"n{n}", cfg, progress=False,
+                   on_progress=moved.append)
         curve = json.loads((tmp_path / f"n{n}" / "loss_curve.json").read_text())
         assert [s["step"] for s in curve["train"]] == [1, 2, 3, 4, 5, 6]
         assert curve["train"][-1]["epoch"] == pytest.approx(6 * 4 / n)
+        assert moved == pytest.approx([k / 6 for k in range(1, 7)])  # after each update
 
 
 @pytest.mark.slow
