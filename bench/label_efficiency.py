@@ -191,6 +191,26 @@ def recipe_cell(n: int, seed: int, recipe: str, extra: list[str], tag: str | Non
     return records
 
 
+def merged_teacher(adapter: Path) -> Path:
+    """The base model with `adapter` merged in, as a model directory collaboration.teacher can name
+    (peft's merge_and_unload), made once under bench/runs/le/teachers/. A fine-tuned model with
+    more labels stands in for a stronger teacher: a real model's errors, not simulated ones."""
+    out = RUNS / "teachers" / f"{adapter.parent.name}-{adapter.name}"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from semievol_core.models import resolve_model
+
+    base = resolve_model("smollm2-135m-instruct")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
 def oracle_pseudo_labels(run: Path, which: str) -> Path:
     """A pseudo-label table with the TRUE answers (the oracle): `selected` keeps the rows selection
     kept (label noise removed, everything else equal); `all` marks every unlabeled row selected (the
@@ -482,6 +502,8 @@ def main() -> None:
     ap.add_argument("--teacher", metavar="A[,A]",
                     help="with --continue-steps: arms on every unlabeled row labelled by a simulated teacher "
                          "right on A of them (0.9, 1.0; 'own': the warm model's labels)")
+    ap.add_argument("--teacher-model", type=Path, metavar="ADAPTER",
+                    help="with --recipe teacher: the base model with this adapter merged is collaboration.teacher")
     ap.add_argument("--tag", help="name of a recipe variant: run dir <...>-TAG, systems <system>_TAG")
     ap.add_argument("--warm-from", type=Path, metavar="ADAPTER",
                     help="with --recipe: this adapter labels the pool (the registry-champion path)")
@@ -504,12 +526,15 @@ def main() -> None:
         new += sft_sweep(args.labeled, args.seed, [int(e) for e in args.sft_epochs.split(",")], args.set)
     if args.tapt_steps:
         new += tapt_cell(args.labeled, args.seed, args.tapt_steps, args.sft_steps or 288, args.set)
+    if args.teacher_model:
+        args.set = args.set + [f"collaboration.teacher={merged_teacher(args.teacher_model)}"]
     if args.recipe and args.continue_steps:
         new += continue_cell(args.labeled, args.seed, args.recipe, args.continue_steps, args.set,
                              oracle=args.oracle, gold_only=args.gold_only,
                              tag=args.tag, warm_from=args.warm_from,
                              teachers=[None if a == "own" else float(a)
-                                       for a in (args.teacher.split(",") if args.teacher else [])])
+                                       for a in (args.teacher.split(",") if args.teacher else [])],
+                             reuse_gold=bool(args.teacher_model))
     elif args.recipe:
         new += recipe_cell(args.labeled, args.seed, args.recipe, args.set, tag=args.tag,
                            warm_from=args.warm_from, final=not args.no_final)
