@@ -4,6 +4,11 @@
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe recommended  # ~35 min
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe paper
     .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --tapt-steps 340 --sft-steps 288
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe recommended --tag w192 \
+        --continue-steps 96 --warm-from bench/runs/le/b64-s0-recommended/sft_plus96_adapter --teacher 0.9
+    .venv/bin/python bench/label_efficiency.py --labeled 64 --seed 0 --recipe teacher --tag t452 --no-final \
+        --teacher-model bench/runs/le/b452-s0-recommended/sft_plus96_adapter \
+        --warm-from bench/runs/le/b64-s0-recommended/sft_plus96_adapter   # then the same with --continue-steps 96
     .venv/bin/python bench/label_efficiency.py --vanilla      # the base model, once (no labels used)
     .venv/bin/python bench/label_efficiency.py --report       # rewrite the .md and .png from the JSON
 
@@ -19,7 +24,9 @@ the policy of `train` in the recipe's config: `recommended` trains 96 optimizer 
 `sft_plus<N>` / `semievol_<recipe>_continue<N>` (N more updates from the recipe's SFT, on the gold
 rows alone / on gold + the selected pseudo-labels), `sft_s<M>` / `tapt<N>_sft_s<M>` (M updates of SFT
 from the base model / from an adapter first trained N updates on the unlabeled rows' question text,
-task-adaptive pre-training), `semievol_<recipe>` (the
+task-adaptive pre-training), `teacher_<A>_<tag>_continue<N>` (N more updates on gold + every
+unlabeled row labelled by a simulated teacher right on A% of them: the warm model's own labels with
+a seeded share of its wrong ones corrected; `own`: none corrected), `semievol_<recipe>` (the
 recipe's config from deployments/configs/<recipe>.yaml), `vanilla` (no labels at all). A recipe
 run's SFT is the warm adapter it starts from; the paired SemiEvol-vs-SFT difference (95% CI,
 McNemar p) is taken on the same test questions. Run directories live under bench/runs/le/
