@@ -246,49 +246,34 @@ def test_a_run_with_a_teacher_lets_it_answer_and_judge(tiny_model_dir, sentiment
     from semievol_core.pipeline import run_semievol
     from semievol_core.steps import load_frame, unload_backends
 
-    teacher_dir = build_tiny_llama(tmp_path / "teacher", seed=1)
-    cfg = SemiEvolConfig(model=str(tiny_model_dir),
-                         collaboration={"mode": "choice_logprobs", "teacher": str(teacher_dir),
-                                        "collaborators": [{"model": "warm", "n_demos": 0},
-                                                          {"model": "teacher", "n_demos": 0}]},
-                         justification={"model": "teacher"},
-                         train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None})
-    cfg.execution.progress = False
-    out = tmp_path / "run"
-    try:
-        run_semievol(sentiment_dataset, out, cfg, systems=["knn_vote"], pseudo_labels=True)
-    finally:
-        unload_backends()
-    resp, votes, justified = (load_frame(out / f"{t}.parquet") for t in ("responses", "votes", "justified"))
     qs = read_table(sentiment_dataset / "unlabeled", "unlabeled")
-    teacher_rows = resp[resp["model"] == "teacher"].set_index("unlabeled_id").loc[qs["id"]]
-    with TransformersBackend(str(teacher_dir), progress=False) as teacher:
-        want = teacher.choice_logprobs([question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])],
-                                       ["A", "B", "C"])
-        judged = justify(teacher, votes, resp, qs, None, cfg, "choice")
-    got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in teacher_rows["text"]])
-    np.testing.assert_allclose(got, want, atol=1e-3)
-    assert len(justified) > 0  # warm and teacher disagree somewhere
-    pd.testing.assert_frame_equal(justified.reset_index(drop=True), judged.reset_index(drop=True), atol=1e-4)
-
-    # Another teacher in the same run directory: its answers and judgements, none of the cached ones.
-    other_dir = build_tiny_llama(tmp_path / "other-teacher", seed=2)
-    other = cfg.model_copy(update={"collaboration": cfg.collaboration.model_copy(update={"teacher": str(other_dir)})})
-    try:
-        run_semievol(sentiment_dataset, out, other, systems=["knn_vote"], pseudo_labels=True)
-    finally:
-        unload_backends()
-    resp2, votes2, justified2 = (load_frame(out / f"{t}.parquet") for t in ("responses", "votes", "justified"))
-    rows2 = resp2[resp2["model"] == "teacher"].set_index("unlabeled_id").loc[qs["id"]]
-    with TransformersBackend(str(other_dir), progress=False) as teacher2:
-        want2 = teacher2.choice_logprobs([question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])],
-                                         ["A", "B", "C"])
-        judged2 = justify(teacher2, votes2, resp2, qs, None, other, "choice")
-    got2 = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows2["text"]])
-    np.testing.assert_allclose(got2, want2, atol=1e-3)
-    assert np.abs(want2 - want).max() > 0.01
-    assert len(justified2) > 0
-    pd.testing.assert_frame_equal(justified2.reset_index(drop=True), judged2.reset_index(drop=True), atol=1e-4)
+    chats = [question_chat(q, o, []) for q, o in zip(qs["question"], qs["options"])]
+    out, seen = tmp_path / "run", []
+    # The second teacher runs in the same run directory: its answers and judgements, none cached.
+    for seed in (1, 2):
+        teacher_dir = build_tiny_llama(tmp_path / f"teacher-{seed}", seed=seed)
+        cfg = SemiEvolConfig(model=str(tiny_model_dir),
+                             collaboration={"mode": "choice_logprobs", "teacher": str(teacher_dir),
+                                            "collaborators": [{"model": "warm", "n_demos": 0},
+                                                              {"model": "teacher", "n_demos": 0}]},
+                             justification={"model": "teacher"},
+                             train={"epochs": 1, "val_fraction": 0, "early_stopping_patience": None})
+        cfg.execution.progress = False
+        try:
+            run_semievol(sentiment_dataset, out, cfg, systems=["knn_vote"], pseudo_labels=True)
+        finally:
+            unload_backends()
+        resp, votes, justified = (load_frame(out / f"{t}.parquet") for t in ("responses", "votes", "justified"))
+        rows = resp[resp["model"] == "teacher"].set_index("unlabeled_id").loc[qs["id"]]
+        with TransformersBackend(str(teacher_dir), progress=False) as teacher:
+            want = teacher.choice_logprobs(chats, ["A", "B", "C"])
+            judged = justify(teacher, votes, resp, qs, None, cfg, "choice")
+        got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows["text"]])
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        assert len(justified) > 0  # warm and teacher disagree somewhere
+        pd.testing.assert_frame_equal(justified.reset_index(drop=True), judged.reset_index(drop=True), atol=1e-4)
+        seen.append(want)
+    assert np.abs(seen[1] - seen[0]).max() > 0.01  # the two teachers are different models
 
 
 def test_justify_asks_only_disputed_questions(tiny_backend):
