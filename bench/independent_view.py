@@ -26,7 +26,6 @@ from the oracle, class mix. Adds `selection` to the JSON.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -37,7 +36,6 @@ HERE = Path(__file__).resolve().parent
 RUN = HERE / "runs" / "le" / "b64-s0-recommended-w192"
 OUT = HERE / "results" / "independent_view.json"
 LETTERS = "ABC"
-LETTER_LOGPROBS = re.compile(r"([A-Z])=(-?[0-9.]+)")
 
 
 def _column(path: Path, *names: str) -> list[list]:
@@ -138,6 +136,8 @@ def selection_views() -> list[dict]:
 
 
 def main() -> None:
+    from semievol_core.letter_scores import read_letter_reply
+
     if "--selection" in sys.argv:
         result = json.loads(OUT.read_text())
         result["selection"] = selection_views()
@@ -158,7 +158,7 @@ def main() -> None:
     scores = {}
     for uid, m, text in zip(ids, model, texts):  # the warm model's letter log-probs, once per row
         if m == "warm" and uid not in scores:
-            lp = dict((a, float(b)) for a, b in LETTER_LOGPROBS.findall(text.split("[", 1)[1]))
+            lp = read_letter_reply(text)
             scores[uid] = np.array([lp[c] for c in LETTERS])
     y_lab = np.array([LETTERS.index(a) for a in lab_ans])
     y_unl = np.array([LETTERS.index(gold[u]) for u in unl_ids])

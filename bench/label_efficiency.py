@@ -247,14 +247,13 @@ def teacher_pseudo_labels(run: Path, accuracy: float | None, seed: int) -> tuple
     import numpy as np
     import pandas as pd
 
+    from semievol_core.letter_scores import read_letter_reply
     from semievol_core.steps import save_frame
 
     resp = pd.read_parquet(run / "responses.parquet", columns=["unlabeled_id", "model", "text"])
-    resp = resp[resp["model"] == "warm"].drop_duplicates("unlabeled_id").reset_index(drop=True)
-    scores = resp["text"].str.extractall(r"([A-Z])=(-?[0-9.]+)").reset_index()
-    scores[1] = scores[1].astype(float)
-    top = scores.loc[scores.groupby("level_0")[1].idxmax()].set_index("level_0")[0]
-    labels = pd.Series(top.to_numpy(), index=resp["unlabeled_id"].to_numpy()[top.index])
+    resp = resp[resp["model"] == "warm"].drop_duplicates("unlabeled_id")
+    scores = {uid: read_letter_reply(t) for uid, t in zip(resp["unlabeled_id"], resp["text"])}
+    labels = pd.Series({uid: max(lp, key=lp.get) for uid, lp in scores.items() if lp}, dtype=object)
     truth = pd.read_parquet(run / "data" / "oracle.parquet").set_index("id")["answer"]
     if len(labels) != len(truth):  # e.g. free-text replies keep no letter scores
         raise ValueError(f"{run}: the warm model's letter scores label {len(labels)} of {len(truth)} unlabeled rows")

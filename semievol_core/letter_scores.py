@@ -3,6 +3,7 @@
     for i, lp in score_letters(backend, chats, options, adapter=warm):   # lp[j] = log p(LETTERS[j])
         answer = LETTERS[int(np.argmax(lp))]
     letter_reply("ABC", lp, pick)   # "Answer: B  [letter log-probs: A=-2.103, B=-0.412, C=-1.871]"
+    read_letter_reply(text)         # {"A": -2.103, "B": -0.412, "C": -1.871}
 
 One backend.choice_logprobs call scores the same letters for every chat it gets, so questions are
 scored in groups by their number of options: fewest options first, each group in question order.
@@ -12,6 +13,7 @@ evaluation (evaluation.mode "choice_logprobs") all answer this way.
 
 from __future__ import annotations
 
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -40,3 +42,9 @@ def letter_reply(letters: Sequence[str], logprobs: Sequence[float], pick: int) -
     """The stored 'raw text' of an answer chosen from letter log-probs: the answer and the evidence."""
     shown = ", ".join(f"{l}={v:.3f}" for l, v in zip(letters, logprobs))
     return f"Answer: {letters[pick]}  [letter log-probs: {shown}]"
+
+
+def read_letter_reply(text: str) -> dict[str, float]:
+    """The letter log-probs a `letter_reply` text keeps (3 decimals), by letter; {} for any other text."""
+    _, found, shown = text.partition("[letter log-probs: ")
+    return {l: float(v) for l, v in re.findall(r"([A-Z])=(-?[0-9.]+)", shown)} if found else {}

@@ -573,7 +573,12 @@ def teacher_key(cfg: SemiEvolConfig) -> str:
     """The teacher's part of a shard's key: its name when a collaborator is the teacher, else ""
     (the key of a run without one is what it was before teachers existed). The name is the
     teacher's identity: a server that starts serving another model must come with another name."""
-    return f"teacher:{cfg.collaboration.teacher}" if any(c.model == "teacher" for c in collaborators_of(cfg)) else ""
+    return f"teacher:{cfg.collaboration.teacher}" if answers_with_teacher(cfg) else ""
+
+
+def answers_with_teacher(cfg: SemiEvolConfig) -> bool:
+    """Whether a collaborator is collaboration.teacher (then generation needs its backend)."""
+    return any(c.model == "teacher" for c in collaborators_of(cfg))
 
 
 def warm_key(cfg: SemiEvolConfig, warm_adapter: str | Path) -> str:
@@ -610,9 +615,8 @@ def generate_shard(cfg: SemiEvolConfig, rows: Sequence[int], unlabeled: str | Pa
     """Responses of every collaborator for one shard of questions, as one file. on_progress(fraction
     of the shard done) is called as collaborator groups finish."""
     qs, demos = shard_inputs(rows, unlabeled, labeled, neighbors)
-    collabs = collaborators_of(cfg)
-    teacher = get_backend(cfg, teacher=True) if any(c.model == "teacher" for c in collabs) else None
-    responses = generate_responses(get_backend(cfg), qs, demos, collabs, str(warm_adapter),
+    teacher = get_backend(cfg, teacher=True) if answers_with_teacher(cfg) else None
+    responses = generate_responses(get_backend(cfg), qs, demos, collaborators_of(cfg), str(warm_adapter),
                                    cfg, answer_type, on_progress=on_progress, teacher_backend=teacher)
     return save_frame(responses, out)
 

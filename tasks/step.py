@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import os
 import socket
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,6 @@ def _progress_mover(progress: dict):
 def _progress_log(name: str, every: float = 0.25):
     """fraction of a single step done -> one log line at each `every` of it, with the time left
     (a training step runs for minutes: the console and the UI's task log say how far it is)."""
-    import time
-
     from .common import _logger
 
     t0, shown = time.monotonic(), [0]

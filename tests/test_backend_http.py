@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -562,6 +561,7 @@ def test_a_run_asks_a_teacher_served_by_vllm(vllm_server, backend, model_dir, ti
     The teacher rows of the run's responses carry the server's letter scores, not the run model's."""
     from semievol_core.config import SemiEvolConfig
     from semievol_core.data import read_table
+    from semievol_core.letter_scores import read_letter_reply
     from semievol_core.pipeline import run_semievol
     from semievol_core.prompts import question_chat
     from semievol_core.steps import load_frame, unload_backends
@@ -584,8 +584,8 @@ def test_a_run_asks_a_teacher_served_by_vllm(vllm_server, backend, model_dir, ti
     unl = read_table(sentiment_dataset / "unlabeled", "unlabeled").set_index("id").loc[teacher.index]
     served = backend.choice_logprobs([question_chat(q, o, []) for q, o in zip(unl["question"], unl["options"])],
                                      ["A", "B", "C"])
-    got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in teacher["text"]])
+    got = np.array([list(read_letter_reply(t).values()) for t in teacher["text"]])
     np.testing.assert_allclose(got, served, atol=2e-3)
     warm = resp[resp["model"] == "warm"].set_index("unlabeled_id").loc[teacher.index]
-    warm_lp = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in warm["text"]])
+    warm_lp = np.array([list(read_letter_reply(t).values()) for t in warm["text"]])
     assert np.abs(warm_lp - served).max() > 0.1  # the tiny model's scores are another model's

@@ -4,7 +4,6 @@ selection, evaluation statistics, and the whole pipeline on the tiny model."""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from semievol_core.backends.transformers_backend import TransformersBackend
 from semievol_core.collaboration import RESPONSE_COLUMNS, generate_responses, plan_collaborators
 from semievol_core.config import Collaborator, JustificationConfig, SemiEvolConfig
 from semievol_core.justification import justify
+from semievol_core.letter_scores import letter_reply, read_letter_reply
 from semievol_core.propagation import knn_label_vote, retrieve_neighbors
 from semievol_core.prompts import Candidate, Demo, format_question, justification_chat, question_chat, training_chat
 from semievol_core.selection import select_pseudo_labels
@@ -187,6 +187,18 @@ def tiny_backend(tiny_model_dir):
     be.unload()
 
 
+def _letter_scores(rows: pd.DataFrame) -> np.ndarray:
+    """The letter log-probs each reply keeps (3 decimals), a row per reply."""
+    return np.array([list(read_letter_reply(t).values()) for t in rows["text"]])
+
+
+def test_a_letter_reply_reads_back_its_scores():
+    text = letter_reply("ABC", [-2.1034, -0.4121, -1.8709], 1)
+    assert text == "Answer: B  [letter log-probs: A=-2.103, B=-0.412, C=-1.871]"
+    assert read_letter_reply(text) == {"A": -2.103, "B": -0.412, "C": -1.871}
+    assert read_letter_reply("Answer: B because A=1 is wrong") == {}  # free text: no scores
+
+
 @pytest.mark.parametrize("mode", ["generate", "choice_logprobs"])
 def test_generate_responses_one_row_per_question_and_collaborator(tiny_backend, mode):
     cfg = SemiEvolConfig(collaboration={"max_new_tokens": 6, "mode": mode}, seed=3)
@@ -225,13 +237,11 @@ def test_a_teacher_collaborator_answers_on_the_teacher_backend(tiny_backend, tmp
         want = teacher.choice_logprobs(chats, ["A", "B", "C"])
     base_lp = tiny_backend.choice_logprobs(chats, ["A", "B", "C"])
 
-    def scores(rows):  # the letter log-probs each reply keeps, 3 decimals
-        return np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows["text"]])
-
     t = resp[resp["model"] == "teacher"].sort_values(["unlabeled_id", "sample"])
     assert t["collaborator"].unique().tolist() == ["teacher-0shot"] and len(t) == 2 * 4
-    np.testing.assert_allclose(scores(t[t["sample"] == 0]), want, atol=1e-3)
-    np.testing.assert_allclose(scores(resp[resp["model"] == "base"].sort_values("unlabeled_id")), base_lp, atol=1e-3)
+    np.testing.assert_allclose(_letter_scores(t[t["sample"] == 0]), want, atol=1e-3)
+    np.testing.assert_allclose(_letter_scores(resp[resp["model"] == "base"].sort_values("unlabeled_id")), base_lp,
+                               atol=1e-3)
     assert np.abs(want - base_lp).max() > 0.01  # so the teacher's rows are not the run model's
     with pytest.raises(ValueError, match="teacher's backend"):
         generate_responses(tiny_backend, qs, {}, cfg.collaboration.collaborators, None, cfg, "choice")
@@ -268,8 +278,7 @@ def test_a_run_with_a_teacher_lets_it_answer_and_judge(tiny_model_dir, sentiment
         with TransformersBackend(str(teacher_dir), progress=False) as teacher:
             want = teacher.choice_logprobs(chats, ["A", "B", "C"])
             judged = justify(teacher, votes, resp, qs, None, cfg, "choice")
-        got = np.array([[float(v) for v in re.findall(r"=(-?[0-9.]+)", t)] for t in rows["text"]])
-        np.testing.assert_allclose(got, want, atol=1e-3)
+        np.testing.assert_allclose(_letter_scores(rows), want, atol=1e-3)
         assert len(justified) > 0  # warm and teacher disagree somewhere
         pd.testing.assert_frame_equal(justified.reset_index(drop=True), judged.reset_index(drop=True), atol=1e-4)
         seen.append(want)
